@@ -1,0 +1,1 @@
+"""The fedal Flower ClientApp: one stateful active-learning client."""

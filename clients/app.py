@@ -1,0 +1,86 @@
+"""Flower ``ClientApp`` (Message API): one stateful federated active-learning client.
+
+The server sends the global task-model arrays and the flattened experiment config;
+the client runs :func:`clients.round.run_client_round` and replies with the helper's
+arrays and a ``MetricRecord``. Nothing else leaves the client.
+"""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from clients.round import run_client_round
+from clients.state import (
+    load_book,
+    load_pool,
+    load_strategy_state,
+    save_book,
+    save_pool,
+    save_strategy_state,
+)
+from fedal.config import from_flat
+from fedal.datasets import load_dataset
+from fedal.shards import client_shards, new_client_pool
+from fedal.training import default_device
+from strategies import build_strategy
+
+app = ClientApp()
+
+
+def partition_of(context: Context, num_clients: int) -> int:
+    """This node's client id from ``partition-id`` (simulation or ``--node-config``)."""
+    node_config = context.node_config
+    if "partition-id" not in node_config:
+        raise ValueError(
+            "node config lacks 'partition-id' (start the SuperNode with "
+            '--node-config "partition-id=K num-partitions=N")'
+        )
+    partition = int(node_config["partition-id"])
+    declared = int(node_config.get("num-partitions", num_clients))
+    if declared != num_clients or not 0 <= partition < num_clients:
+        raise ValueError(
+            f"node config partition-id={partition} num-partitions={declared} does not fit "
+            f"data.num_clients={num_clients}"
+        )
+    return partition
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One round: train the helper, query, reply with helper arrays and metrics."""
+    config_record = msg.content["config"]
+    server_round = int(config_record["server-round"])
+    config = from_flat(dict(config_record))
+    client = partition_of(context, config.data.num_clients)
+    dataset = load_dataset(
+        config.data.dataset, config.data.data_dir or None, config.experiment.seed
+    )
+
+    pool = load_pool(context.state, client)
+    if pool is None:
+        shard = client_shards(config, dataset)[client]
+        pool = new_client_pool(config, dataset, client, shard)
+    strategy = build_strategy(config.query.strategy, config.query.options)
+    strategy.load_state_dict(load_strategy_state(context.state))
+    book = load_book(context.state)
+
+    outcome = run_client_round(
+        config,
+        dataset,
+        pool,
+        strategy,
+        msg.content["arrays"].to_torch_state_dict(),
+        server_round,
+        default_device(),
+        ledger_from=book["ledger-reported"],
+    )
+    book["ledger-reported"] = len(pool.ledger)
+    save_pool(context.state, pool)
+    save_strategy_state(context.state, strategy.state_dict())
+    save_book(context.state, book)
+
+    reply = RecordDict(
+        {"arrays": ArrayRecord(outcome.helper_state), "metrics": MetricRecord(outcome.metrics)}
+    )
+    return Message(content=reply, reply_to=msg)

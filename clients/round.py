@@ -1,0 +1,157 @@
+"""One federated active-learning round on one client (DESIGN section 3), without Flower.
+
+1. Load the global task-model weights into the helper.
+2. Train the helper on the labelled set (non-protected data only).
+3. On query rounds: ``strategy.fit`` then ``strategy.select``; the oracle labels the
+   picks; the pool and ledger grow.
+4. Return the helper's weights (trained *before* this round's query) and metrics.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedal.config import ExperimentConfig
+from fedal.datasets import LoadedDataset
+from fedal.models import build_for_dataset
+from fedal.pool import ClientPool
+from fedal.shards import ROUND_STREAM, client_rng, make_oracle
+from fedal.training import train_supervised
+from fedal.views import SampleView
+from strategies import QueryStrategy, RoundContext
+
+
+class SelectionError(RuntimeError):
+    """A query strategy broke the selection contract."""
+
+
+@dataclass
+class RoundOutcome:
+    """What a client round produced: weights to upload and metrics to report."""
+
+    helper_state: dict[str, torch.Tensor]
+    metrics: dict[str, Any]
+
+
+def round_seed(config: ExperimentConfig, client: int, server_round: int) -> int:
+    """Seed of everything random on ``client`` in ``server_round``."""
+    rng = client_rng(config.experiment.seed, client, ROUND_STREAM, server_round)
+    return int(rng.integers(0, 2**62))
+
+
+def query_budget(config: ExperimentConfig, pool: ClientPool, server_round: int) -> int:
+    """Labels to ask for this round: 0 off query rounds, capped by max_labels_per_client."""
+    query = config.query
+    if server_round % query.query_every != 0:
+        return 0
+    budget = query.budget_per_query
+    if query.max_labels_per_client > 0:
+        budget = min(budget, max(0, query.max_labels_per_client - len(pool.labelled)))
+    return budget
+
+
+def check_selection(picks: np.ndarray, budget: int, pool_size: int, name: str) -> np.ndarray:
+    """Enforce the contract: exactly min(budget, pool) distinct valid positions."""
+    picks = np.asarray(picks, dtype=np.int64).reshape(-1)
+    expected = min(budget, pool_size)
+    if len(picks) != expected or len(np.unique(picks)) != len(picks):
+        raise SelectionError(
+            f"strategy '{name}' returned {len(picks)} positions ({len(np.unique(picks))} "
+            f"distinct), expected {expected} distinct"
+        )
+    if len(picks) and (picks.min() < 0 or picks.max() >= pool_size):
+        raise SelectionError(f"strategy '{name}' returned a position outside the candidates")
+    return picks
+
+
+def run_client_round(
+    config: ExperimentConfig,
+    dataset: LoadedDataset,
+    pool: ClientPool,
+    strategy: QueryStrategy,
+    global_state: dict[str, torch.Tensor],
+    server_round: int,
+    device: torch.device,
+    ledger_from: int = 0,
+) -> RoundOutcome:
+    """Train the helper, then (on query rounds) select, label and grow the pool.
+
+    The metrics carry the ledger entries from position ``ledger_from`` on (those not yet
+    reported, e.g. the initial labels of round 0 plus this round's).
+    """
+    seed = round_seed(config, pool.client, server_round)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    spec = dataset.input_spec
+    helper = build_for_dataset(config.model.helper, dataset, config.model.dropout).to(device)
+    helper.load_state_dict(global_state)
+    global_model = copy.deepcopy(helper) if config.query.scoring_model == "global" else None
+
+    labelled = SampleView(dataset.train_x, pool.labelled, spec, pool.labels)
+    proximal_mu = (
+        config.federation.proximal_mu if config.federation.aggregation == "fedprox" else 0.0
+    )
+    train_stats = train_supervised(
+        helper, labelled, config.training, device, generator, proximal_mu=proximal_mu
+    )
+    helper_state = {
+        name: value.detach().cpu().clone() for name, value in helper.state_dict().items()
+    }
+
+    candidates = SampleView(dataset.train_x, pool.candidates, spec)
+    budget = query_budget(config, pool, server_round)
+    picks = np.empty(0, dtype=np.int64)
+    fit_seconds = select_seconds = 0.0
+    if budget > 0 and len(candidates) > 0:
+        private = pool.unlabelled if config.query.private_data == "all" else pool.candidates
+        context = RoundContext(
+            model=global_model if global_model is not None else helper,
+            labelled=labelled,
+            candidates=candidates,
+            private_unlabelled=SampleView(dataset.train_x, private, spec),
+            num_classes=dataset.meta.num_classes,
+            device=device,
+            generator=generator,
+            rng=np.random.default_rng(seed),
+            round=server_round,
+            batch_size=config.training.eval_batch_size,
+            build_model=lambda name, dropout=0.0: build_for_dataset(name, dataset, dropout),
+        )
+        started = time.perf_counter()
+        strategy.fit(context)
+        fit_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        picks = check_selection(
+            strategy.select(context, budget), budget, len(candidates), strategy.name
+        )
+        select_seconds = time.perf_counter() - started
+        chosen = candidates.positions[picks]
+        pool.add_labels(chosen, make_oracle(config, dataset, pool).label(chosen), server_round)
+
+    new_labels = pool.labels[len(pool.labels) - len(picks) :]
+    unreported = pool.ledger_array()[ledger_from:]
+    metrics = {
+        "client": pool.client,
+        "num-examples": len(labelled),
+        "labels-used": len(pool.labelled),
+        "new-labels": len(picks),
+        "candidates-left": len(pool.candidates),
+        "budget-short": int(budget > len(candidates)),
+        "train-loss": train_stats.loss,
+        "train-seconds": train_stats.seconds,
+        "fit-seconds": fit_seconds,
+        "select-seconds": select_seconds,
+        "selected-class-histogram": np.bincount(
+            new_labels, minlength=dataset.meta.num_classes
+        ).tolist(),
+        "ledger-round": unreported[:, 1].tolist(),
+        "ledger-index": unreported[:, 2].tolist(),
+        "ledger-label": unreported[:, 3].tolist(),
+    }
+    return RoundOutcome(helper_state=helper_state, metrics=metrics)

@@ -1,0 +1,66 @@
+"""Persist a client's active-learning state in Flower's ``context.state`` between rounds.
+
+Stored: the pool (shard, protected mask, labelled set, the labels the oracle returned,
+the ledger), the query strategy's private state, and bookkeeping (rounds seen, ledger
+entries reported). Random state needs no storage: every round's
+generators are derived from (seed, client, round).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from fedal.pool import ClientPool
+
+POOL_KEY = "fedal.pool"
+STRATEGY_KEY = "fedal.strategy"
+BOOK_KEY = "fedal.book"
+
+
+def save_pool(state: RecordDict, pool: ClientPool) -> None:
+    """Store the pool's arrays."""
+    state[POOL_KEY] = ArrayRecord(
+        {name: Array(np.ascontiguousarray(value)) for name, value in pool.to_arrays().items()}
+    )
+
+
+def load_pool(state: RecordDict, client: int) -> ClientPool | None:
+    """The stored pool, or None on the client's first round."""
+    if POOL_KEY not in state:
+        return None
+    record = state[POOL_KEY]
+    return ClientPool.from_arrays(client, {name: record[name].numpy() for name in record})
+
+
+def save_strategy_state(state: RecordDict, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Store a strategy's ``state_dict`` (may be empty)."""
+    state[STRATEGY_KEY] = ArrayRecord(
+        {
+            name: Array(tensor.detach().cpu().contiguous().numpy())
+            for name, tensor in tensors.items()
+        }
+    )
+
+
+def load_strategy_state(state: RecordDict) -> dict[str, torch.Tensor]:
+    """The stored strategy state (empty on the first round)."""
+    if STRATEGY_KEY not in state:
+        return {}
+    record = state[STRATEGY_KEY]
+    return {name: torch.from_numpy(record[name].numpy().copy()) for name in record}
+
+
+def load_book(state: RecordDict) -> dict[str, int]:
+    """Bookkeeping counters: ``ledger-reported`` (ledger entries already sent)."""
+    if BOOK_KEY not in state:
+        return {"ledger-reported": 0}
+    return {name: int(value) for name, value in state[BOOK_KEY].items()}
+
+
+def save_book(state: RecordDict, book: Mapping[str, int]) -> None:
+    """Store the bookkeeping counters."""
+    state[BOOK_KEY] = ConfigRecord(dict(book))

@@ -1,0 +1,189 @@
+"""The ``fedal`` command: run, train, partition, plot, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from fedal.config import ConfigError, ExperimentConfig, load_config
+
+DEFAULT_CONFIG = "experiments/configs/demo.toml"
+
+
+def _config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    overrides = list(args.set or [])
+    if getattr(args, "clients", None):
+        overrides.append(f"data.num_clients={args.clients}")
+    if getattr(args, "rounds", None):
+        overrides.append(f"federation.rounds={args.rounds}")
+    if getattr(args, "strategy", None):
+        overrides.append(f'query.strategy="{args.strategy}"')
+    if getattr(args, "seed", None) is not None:
+        overrides.append(f"experiment.seed={args.seed}")
+    if getattr(args, "client_cpus", None):
+        overrides.append(f"federation.client_cpus={args.client_cpus}")
+    if getattr(args, "client_gpus", None) is not None:
+        overrides.append(f"federation.client_gpus={args.client_gpus}")
+    if getattr(args, "data_dir", None):
+        overrides.append(f'data.data_dir="{args.data_dir}"')
+    return load_config(args.config, overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Validate everything (before Ray starts), then simulate the federation."""
+    from fedal.datasets import load_dataset
+    from fedal.preflight import preflight
+    from fedal.results import new_run_dir
+
+    config = _config_from_args(args)
+    dataset = load_dataset(
+        config.data.dataset, config.data.data_dir or None, config.experiment.seed
+    )
+    summary_table = preflight(config, dataset)
+    run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "partition.json").write_text(json.dumps(summary_table, indent=2))
+    print(
+        f"fedal: {config.experiment.name} | {config.data.dataset} | "
+        f"{config.data.num_clients} clients ({config.data.partition}) | "
+        f"strategy {config.query.strategy} | {config.federation.rounds} rounds",
+        flush=True,
+    )
+    from fedal.simulation import simulate
+
+    simulate(config, run_dir, ray_address=args.ray_address, verbose=args.verbose)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    print(
+        f"final accuracy {summary['final_accuracy']:.2%} with {summary['final_labels']} labels; "
+        f"AUC {summary['auc_accuracy_vs_labels']:.4f}",
+        flush=True,
+    )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Central sanity check: train on a random labelled subset, print test accuracy."""
+    from fedal.central import train_central
+
+    accuracy, seconds = train_central(
+        dataset_name=args.dataset,
+        model_name=args.model,
+        labels=args.labels,
+        epochs=args.epochs,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        lr=args.lr,
+        batch_size=args.batch_size,
+    )
+    print(
+        f"{args.dataset} | {args.model} | {args.labels} random labels | {args.epochs} epochs | "
+        f"test accuracy {accuracy:.2%} | {seconds:.1f}s"
+    )
+    return 0
+
+
+def cmd_partition(args: argparse.Namespace) -> int:
+    """Print the partition summary table and optionally save it as JSON."""
+    from fedal.datasets import load_dataset
+    from fedal.preflight import preflight, render_partition
+
+    config = _config_from_args(args)
+    dataset = load_dataset(
+        config.data.dataset, config.data.data_dir or None, config.experiment.seed
+    )
+    summary = preflight(config, dataset)
+    render_partition(summary)
+    if args.output:
+        Path(args.output).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Overlay runs into one PNG."""
+    from fedal.plots import plot_runs
+
+    for run_dir in args.run_dirs:
+        if not (Path(run_dir) / "rounds.jsonl").is_file():
+            raise ConfigError(f"{run_dir}: not a fedal run directory (no rounds.jsonl)")
+    out = plot_runs([Path(p) for p in args.run_dirs], Path(args.output), args.title)
+    print(out)
+    return 0
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="experiment TOML")
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set training.lr=0.01",
+    )
+    parser.add_argument("--clients", type=int, help="number of clients (data.num_clients)")
+    parser.add_argument("--rounds", type=int, help="federated rounds")
+    parser.add_argument("--strategy", help="query strategy name")
+    parser.add_argument("--seed", type=int, help="experiment seed")
+    parser.add_argument("--data-dir", help="dataset directory (torchvision layout)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``fedal`` command."""
+    parser = argparse.ArgumentParser(prog="fedal", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="simulate a federation (Flower + Ray)")
+    _add_config_arguments(run)
+    run.add_argument("--client-cpus", type=float, help="CPUs per simulated client")
+    run.add_argument("--client-gpus", type=float, help="GPU fraction per simulated client")
+    run.add_argument("--ray-address", help="join an existing Ray cluster (e.g. 'auto')")
+    run.add_argument("--run-dir", help="write results here instead of a new directory")
+    run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    run.set_defaults(handler=cmd_run)
+
+    train = commands.add_parser("train", help="central sanity check on random labels")
+    train.add_argument("--dataset", default="fashion-mnist")
+    train.add_argument("--model", default="resnet8")
+    train.add_argument("--labels", type=int, default=1000)
+    train.add_argument("--epochs", type=int, default=3)
+    train.add_argument("--lr", type=float, default=0.1)
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--data-dir")
+    train.set_defaults(handler=cmd_train)
+
+    partition = commands.add_parser("partition", help="show how data splits across clients")
+    _add_config_arguments(partition)
+    partition.add_argument("-o", "--output", help="save the summary as JSON")
+    partition.set_defaults(handler=cmd_partition)
+
+    plot = commands.add_parser("plot", help="overlay runs (mean/std over seeds)")
+    plot.add_argument("run_dirs", nargs="+")
+    plot.add_argument("-o", "--output", required=True)
+    plot.add_argument("--title")
+    plot.set_defaults(handler=cmd_plot)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; configuration and data errors print one line and exit with status 2."""
+    from fedal.datasets import DatasetNotFoundError
+
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    started = time.perf_counter()
+    try:
+        status = handler(args)
+    except (ConfigError, DatasetNotFoundError) as error:
+        print(f"fedal: error: {error}", file=sys.stderr)
+        return 2
+    if args.command == "run":
+        print(f"done in {time.perf_counter() - started:.0f}s")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Accuracy-vs-labels plots; runs that differ only by seed become mean with a std band."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SEED_FREE_IGNORED = {("experiment", "seed"), ("experiment", "output_dir"), ("experiment", "name")}
+
+
+def _run_config(run_dir: Path) -> dict:
+    with (run_dir / "config.toml").open("rb") as handle:
+        return tomllib.load(handle)
+
+
+def group_key(config: dict) -> str:
+    """Canonical text of a config without seed, output dir and run name."""
+    stripped = {
+        section: {k: v for k, v in values.items() if (section, k) not in SEED_FREE_IGNORED}
+        for section, values in config.items()
+    }
+    return json.dumps(stripped, sort_keys=True)
+
+
+def _curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    rows = [
+        json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines() if line
+    ]
+    rows = [row for row in rows if row["round"] > 0]
+    return (
+        np.array([row["labels"] for row in rows], dtype=float),
+        np.array([row["test_accuracy"] for row in rows], dtype=float),
+    )
+
+
+def group_runs(run_dirs: Sequence[Path]) -> dict[str, list[Path]]:
+    """Runs grouped by everything but the seed, in first-seen order."""
+    groups: dict[str, list[Path]] = {}
+    for run_dir in run_dirs:
+        groups.setdefault(group_key(_run_config(run_dir)), []).append(run_dir)
+    return groups
+
+
+def _label(runs: list[Path], all_names: set[str]) -> str:
+    config = _run_config(runs[0])
+    label = config["query"]["strategy"]
+    if len(all_names) > 1:
+        label = f"{label} ({config['experiment']['name']})"
+    return f"{label}, n={len(runs)}" if len(runs) > 1 else label
+
+
+def plot_runs(run_dirs: Sequence[Path], output: Path, title: str | None = None) -> Path:
+    """Overlay runs (mean and std band per seed group) and save a PNG."""
+    run_dirs = [Path(run_dir) for run_dir in run_dirs]
+    names = {_run_config(run_dir)["experiment"]["name"] for run_dir in run_dirs}
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for runs in group_runs(run_dirs).values():
+        curves = [_curve(run) for run in runs]
+        length = min(len(x) for x, _ in curves)
+        labels = np.mean([x[:length] for x, _ in curves], axis=0)
+        accuracy = np.array([y[:length] for _, y in curves])
+        mean = accuracy.mean(axis=0)
+        (line,) = axes.plot(labels, mean, marker="o", markersize=3, label=_label(runs, names))
+        if len(runs) > 1:
+            std = accuracy.std(axis=0)
+            axes.fill_between(labels, mean - std, mean + std, alpha=0.2, color=line.get_color())
+    axes.set_xlabel("labelled samples (all clients)")
+    axes.set_ylabel("test accuracy")
+    axes.set_title(title or "Accuracy vs labels")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, dpi=120)
+    plt.close(figure)
+    return output

@@ -1,0 +1,55 @@
+"""Checks that run before any Ray worker starts: names, options, data-dependent limits.
+
+Part of the application layer (with :mod:`fedal.cli`, :mod:`fedal.server` and
+:mod:`fedal.simulation`): it may import the query strategies to validate their names
+and options.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from fedal.config import ConfigError, ExperimentConfig
+from fedal.datasets import LoadedDataset
+from fedal.shards import client_shards, partition_summary
+from fedal.validation import check_against_partition
+
+
+def check_strategy(config: ExperimentConfig) -> None:
+    """The strategy exists and accepts its options (errors list what exists)."""
+    from strategies import build_strategy
+
+    try:
+        build_strategy(config.query.strategy, config.query.options)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(str(error)) from None
+
+
+def preflight(config: ExperimentConfig, dataset: LoadedDataset) -> dict[str, Any]:
+    """Validate strategy and partition against the data; return the partition summary."""
+    check_strategy(config)
+    shards = client_shards(config, dataset)
+    check_against_partition(config, shards)
+    return partition_summary(config, dataset, shards)
+
+
+def render_partition(summary: dict[str, Any], console: Console | None = None) -> None:
+    """Print a partition summary as a table."""
+    table = Table(
+        title=f"{summary['dataset']} | {summary['partition']} | "
+        f"{summary['num_clients']} clients | protected {summary['protected_fraction']:.0%}"
+    )
+    for column in ("client", "size", "protected", "candidates", "class histogram"):
+        table.add_column(column, justify="right" if column != "class histogram" else "left")
+    for client in summary["clients"]:
+        table.add_row(
+            str(client["client"]),
+            str(client["size"]),
+            str(client["protected"]),
+            str(client["candidates"]),
+            " ".join(str(count) for count in client["class_histogram"]),
+        )
+    (console or Console()).print(table)

@@ -1,0 +1,178 @@
+"""Flower ``ServerApp``: Flower's FedAvg (or FedProx / FedAvgM) over the clients' helpers,
+central evaluation of the task model on the test set at round 0 and after every round,
+and the per-round results writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg, FedAvgM, FedProx
+
+from fedal.config import ExperimentConfig, flatten, from_flat
+from fedal.datasets import LoadedDataset, load_dataset
+from fedal.models import build_for_dataset
+from fedal.progress import RoundProgress
+from fedal.results import PLOT_FILE, RunRecorder, new_run_dir
+from fedal.shards import SUBSET_STREAM, client_rng
+from fedal.training import default_device, evaluate
+from fedal.views import SampleView
+
+LOG = logging.getLogger("fedal.server")
+
+app = ServerApp()
+
+
+class ClientReports:
+    """``train_metrics_aggr_fn`` for Flower strategies that also keeps every client's record.
+
+    Flower calls it with the reply records of a round; it stores them for the results
+    writer and returns the aggregated scalars (sums of label counts, mean train loss).
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[dict[str, Any]] = []
+        self.short_clients: set[int] = set()
+
+    def __call__(self, records: list[RecordDict], weighting_key: str) -> MetricRecord:
+        reports = []
+        for record in records:
+            metrics = next(iter(record.metric_records.values()))
+            reports.append({key: metrics[key] for key in metrics})
+        self.pending = sorted(reports, key=lambda report: int(report["client"]))
+        self._note_short_budgets(reports)
+        weights = np.array([max(1, int(r[weighting_key])) for r in reports], dtype=float)
+        losses = np.array([float(r["train-loss"]) for r in reports])
+        finite = np.isfinite(losses)
+        mean_loss = (
+            float(np.average(losses[finite], weights=weights[finite])) if finite.any() else 0.0
+        )
+        return MetricRecord(
+            {
+                "labels-used": sum(int(r["labels-used"]) for r in reports),
+                "new-labels": sum(int(r["new-labels"]) for r in reports),
+                "train-loss": mean_loss,
+            }
+        )
+
+    def _note_short_budgets(self, reports: list[dict[str, Any]]) -> None:
+        """Say once per client that its budget exceeded its remaining candidates."""
+        for report in reports:
+            client = int(report["client"])
+            if int(report["budget-short"]) and client not in self.short_clients:
+                self.short_clients.add(client)
+                LOG.warning(
+                    "client %d: budget exceeds the remaining candidates; taking what is left "
+                    "(%d candidates left now)",
+                    client,
+                    int(report["candidates-left"]),
+                )
+
+    def take(self) -> list[dict[str, Any]]:
+        """The reports of the last aggregated round (cleared on read)."""
+        reports, self.pending = self.pending, []
+        return reports
+
+
+class ClientRoundError(RuntimeError):
+    """A client failed during a round; the run stops instead of averaging fewer helpers."""
+
+
+def failing_fast(strategy_class: type[FedAvg]) -> type[FedAvg]:
+    """The Flower strategy class, stopping the run when any client reply is an error."""
+
+    class FailFast(strategy_class):  # type: ignore[misc, valid-type]
+        def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> Any:
+            replies = list(replies)
+            failed = [reply for reply in replies if reply.has_error()]
+            if failed:
+                raise ClientRoundError(
+                    f"{len(failed)} client(s) failed in round {server_round}: "
+                    f"{failed[0].error.reason}"
+                )
+            return super().aggregate_train(server_round, replies)
+
+    FailFast.__name__ = strategy_class.__name__
+    return FailFast
+
+
+def aggregation_strategy(config: ExperimentConfig, reports: ClientReports) -> FedAvg:
+    """Flower's built-in FedAvg / FedProx / FedAvgM as configured."""
+    fed = config.federation
+    common: dict[str, Any] = {
+        "fraction_train": fed.fraction_train,
+        "fraction_evaluate": 0.0,
+        "min_train_nodes": 1,
+        "min_evaluate_nodes": 0,
+        "min_available_nodes": config.data.num_clients,
+        "train_metrics_aggr_fn": reports,
+    }
+    builders: dict[str, Callable[[], FedAvg]] = {
+        "fedavg": lambda: failing_fast(FedAvg)(**common),
+        "fedprox": lambda: failing_fast(FedProx)(proximal_mu=fed.proximal_mu, **common),
+        "fedavgm": lambda: failing_fast(FedAvgM)(
+            server_learning_rate=fed.server_lr, server_momentum=fed.server_momentum, **common
+        ),
+    }
+    return builders[fed.aggregation]()
+
+
+def test_view(config: ExperimentConfig, dataset: LoadedDataset) -> SampleView:
+    """The test set (or a seeded ``data.test_subset`` of it) as a labelled view."""
+    total = len(dataset.test_y)
+    rows = np.arange(total, dtype=np.int64)
+    if 0 < config.data.test_subset < total:
+        rng = client_rng(config.experiment.seed, -2, SUBSET_STREAM)
+        rows = np.sort(rng.choice(total, size=config.data.test_subset, replace=False))
+    return SampleView(dataset.test_x, rows, dataset.input_spec, dataset.test_y[rows])
+
+
+def serve(grid: Grid, config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
+    """Run the federation for ``federation.rounds`` rounds and write the run directory."""
+    seed = config.experiment.seed
+    random.seed(seed)
+    torch.manual_seed(seed)
+    device = default_device()
+    dataset = load_dataset(config.data.dataset, config.data.data_dir or None, seed)
+    model = build_for_dataset(config.model.helper, dataset, config.model.dropout).to(device)
+    test = test_view(config, dataset)
+    recorder = RunRecorder(run_dir, config)
+    reports = ClientReports()
+    progress = RoundProgress(config.federation.rounds)
+
+    def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        stats = evaluate(model, test, device, config.training.eval_batch_size)
+        row = recorder.record_round(
+            server_round, stats.accuracy, stats.loss, reports.take(), progress.elapsed()
+        )
+        progress.report(server_round, row["labels"], stats.accuracy)
+        return MetricRecord({"accuracy": stats.accuracy, "loss": stats.loss})
+
+    strategy = aggregation_strategy(config, reports)
+    strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=config.federation.rounds,
+        train_config=ConfigRecord(flatten(config)),
+        evaluate_fn=central_evaluation,
+    )
+    summary = recorder.finish()
+    print(f"results: {run_dir}\nplot:    {run_dir / PLOT_FILE}", flush=True)
+    return summary
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Entry point for both ``fedal run`` (simulation) and ``flwr run`` / deployment."""
+    config = from_flat(context.run_config)
+    run_dir = Path(config.experiment.run_dir) if config.experiment.run_dir else new_run_dir(config)
+    serve(grid, config, run_dir)

@@ -1,0 +1,112 @@
+"""From a config and a loaded dataset to each client's shard, protected mask and first labels.
+
+Everything here is a pure function of (dataset, partition scheme, seed, number of
+clients, client id): a client rebuilds exactly the same shard in any process.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedal.config import ExperimentConfig
+from fedal.datasets import LoadedDataset
+from fedal.oracle import Oracle, superclass_confusion
+from fedal.partition import cached_partition
+from fedal.pool import ClientPool, split_protected
+
+# Independent random streams per purpose, derived from (seed, client, purpose).
+PROTECT_STREAM, INITIAL_STREAM, ROUND_STREAM, SUBSET_STREAM = 11, 12, 13, 14
+
+
+def client_rng(seed: int, client: int, stream: int, *extra: int) -> np.random.Generator:
+    """A numpy generator for one purpose of one client (reproducible anywhere)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, client, stream, *extra]))
+
+
+def training_indices(config: ExperimentConfig, dataset: LoadedDataset) -> np.ndarray:
+    """Global training indices in play: all, or a seeded ``data.train_subset`` of them."""
+    total = len(dataset.train_y)
+    subset = config.data.train_subset
+    if subset == 0 or subset >= total:
+        return np.arange(total, dtype=np.int64)
+    rng = client_rng(config.experiment.seed, -1, SUBSET_STREAM)
+    return np.sort(rng.choice(total, size=subset, replace=False)).astype(np.int64)
+
+
+def client_shards(config: ExperimentConfig, dataset: LoadedDataset) -> list[np.ndarray]:
+    """Global training indices of every client under the configured partition scheme."""
+    in_play = training_indices(config, dataset)
+    local = cached_partition(dataset.train_y[in_play], config.data, config.experiment.seed)
+    return [in_play[rows] for rows in local]
+
+
+def make_oracle(config: ExperimentConfig, dataset: LoadedDataset, pool: ClientPool) -> Oracle:
+    """The client's annotator: configured noise, refusing this client's protected samples."""
+    superclasses = dataset.meta.superclass_of
+    confusion = superclass_confusion(superclasses) if superclasses else None
+    return Oracle(
+        dataset.train_y,
+        dataset.meta.num_classes,
+        noise=config.oracle.noise,
+        rate=config.oracle.rate,
+        seed=config.experiment.seed,
+        protected=pool.protected,
+        confusion=confusion,
+    )
+
+
+def new_client_pool(
+    config: ExperimentConfig, dataset: LoadedDataset, client: int, shard: np.ndarray
+) -> ClientPool:
+    """A client's pool with its seeded protected mask and its initial labelled set.
+
+    The initial set is drawn at random from the non-protected part and labelled by the
+    oracle in round 0, so initial labels carry the oracle's noise like later ones.
+    """
+    seed = config.experiment.seed
+    mask = split_protected(
+        shard, config.data.protected_fraction, client_rng(seed, client, PROTECT_STREAM)
+    )
+    pool = ClientPool(client=client, shard=shard, protected_mask=mask)
+    candidates = pool.candidates
+    count = min(config.data.initial_labels_per_client, len(candidates))
+    chosen = client_rng(seed, client, INITIAL_STREAM).choice(candidates, size=count, replace=False)
+    pool.add_labels(chosen, make_oracle(config, dataset, pool).label(chosen), round_number=0)
+    return pool
+
+
+def partition_summary(
+    config: ExperimentConfig, dataset: LoadedDataset, shards: list[np.ndarray]
+) -> dict[str, Any]:
+    """Per-client sizes, class histograms and protected/candidate counts."""
+    classes = dataset.meta.num_classes
+    fraction = config.data.protected_fraction
+    clients = []
+    for client, shard in enumerate(shards):
+        protected = round(fraction * len(shard))
+        clients.append(
+            {
+                "client": client,
+                "size": len(shard),
+                "protected": protected,
+                "candidates": len(shard) - protected,
+                "class_histogram": np.bincount(dataset.train_y[shard], minlength=classes).tolist(),
+            }
+        )
+    return {
+        "dataset": config.data.dataset,
+        "partition": config.data.partition,
+        "num_clients": config.data.num_clients,
+        "protected_fraction": fraction,
+        "seed": config.experiment.seed,
+        "clients": clients,
+    }
+
+
+def save_summary(summary: dict[str, Any], path: Path) -> None:
+    """Write a partition summary as JSON."""
+    path.write_text(json.dumps(summary, indent=2))

@@ -1,0 +1,78 @@
+"""Run an experiment on Flower's Simulation Runtime with the Ray backend.
+
+This calls the same engine entry point that ``flwr run`` uses for a local simulation
+(``flwr.simulation.run_simulation._run_simulation``) with fedal's ServerApp and
+ClientApp, in this process, so ``fedal run`` is synchronous, prints its own progress,
+and needs no SuperLink. The public ``run_simulation`` wrapper is deprecated in flwr
+1.41 and cannot pass a run config; the flwr pin (<1.42) guards this private entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context, RecordDict
+from flwr.common.telemetry import EventType
+from flwr.simulation.run_simulation import _run_simulation
+
+from fedal.config import ExperimentConfig, flatten
+
+
+def backend_config(
+    config: ExperimentConfig, ray_address: str | None, verbose: bool
+) -> dict[str, Any]:
+    """Ray backend settings: per-client CPUs / GPU fraction, quiet unless verbose."""
+    init_args: dict[str, Any] = {
+        "logging_level": "INFO" if verbose else "ERROR",
+        "log_to_driver": verbose,
+    }
+    if ray_address:
+        init_args["address"] = ray_address
+    return {
+        "client_resources": {
+            "num_cpus": config.federation.client_cpus,
+            "num_gpus": config.federation.client_gpus,
+        },
+        "init_args": init_args,
+    }
+
+
+def quiet_logging(verbose: bool) -> None:
+    """Hide Flower's and Ray's chatter unless ``verbose``."""
+    level = logging.DEBUG if verbose else logging.WARNING
+    logging.getLogger("flwr").setLevel(level)
+    if not verbose:
+        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+        os.environ.setdefault("RAY_DISABLE_IMPORT_WARNING", "1")
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
+def simulate(
+    config: ExperimentConfig,
+    run_dir: Path,
+    *,
+    ray_address: str | None = None,
+    verbose: bool = False,
+) -> None:
+    """Simulate ``data.num_clients`` clients for ``federation.rounds`` rounds into ``run_dir``."""
+    from clients.app import app as client_app
+    from fedal.server import app as server_app
+
+    quiet_logging(verbose)
+    run_config = flatten(config.replace("experiment", run_dir=str(run_dir)))
+    context = Context(
+        run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=run_config
+    )
+    _run_simulation(
+        num_supernodes=config.data.num_clients,
+        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+        client_app=client_app,
+        server_app=server_app,
+        backend_name="ray",
+        backend_config=backend_config(config, ray_address, verbose),
+        server_app_context=context,
+        verbose_logging=verbose,
+    )

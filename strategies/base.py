@@ -1,0 +1,96 @@
+"""The query-strategy contract (DESIGN section 5).
+
+A strategy receives a :class:`RoundContext` and returns positions into the candidate
+view. It never sees Flower; what it keeps across rounds goes through ``state_dict``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedal.views import SampleView
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """Everything a query strategy may use on one client in one round.
+
+    - ``model``: the scoring model (the locally trained helper, or the global model as
+      received, per ``query.scoring_model``). Read-only: copy it before training.
+    - ``labelled``: labelled, non-protected samples with the labels the oracle returned.
+    - ``candidates``: non-protected unlabelled samples; ``select`` indexes this view.
+    - ``private_unlabelled``: the unlabelled data a strategy's *private* models may train
+      on (all unlabelled incl. protected when ``query.private_data = "all"``, otherwise
+      the candidates only). Never used to pick samples.
+    - ``build_model(name, dropout)``: builds a fresh private network for this dataset.
+    - ``generator``: a seeded torch generator (CPU); ``rng``: a seeded numpy generator.
+    """
+
+    model: nn.Module
+    labelled: SampleView
+    candidates: SampleView
+    private_unlabelled: SampleView
+    num_classes: int
+    device: torch.device
+    generator: torch.Generator
+    rng: np.random.Generator
+    round: int
+    batch_size: int
+    build_model: Callable[..., nn.Module]
+
+
+class QueryStrategy(ABC):
+    """Base class: subclasses set ``name`` and an ``Options`` dataclass, implement ``select``.
+
+    ``Options`` fields are the strategy's own configuration (``[query.options]`` in an
+    experiment config). Unknown option names are rejected with the list of known ones.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type] = dataclasses.make_dataclass("NoOptions", [])
+    needs_labelled: ClassVar[bool] = False
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        self.options = parse_options(self.Options, options or {}, self.name)
+
+    def fit(self, ctx: RoundContext) -> None:  # noqa: B027 - optional hook
+        """Train private models before selection (optional)."""
+
+    @abstractmethod
+    def select(self, ctx: RoundContext, budget: int) -> np.ndarray:
+        """Return ``min(budget, len(ctx.candidates))`` distinct positions into candidates."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Private state that must persist across rounds (flat name -> tensor)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:  # noqa: B027
+        """Restore what :meth:`state_dict` returned."""
+
+
+def parse_options(options_type: type, raw: Mapping[str, Any], owner: str) -> Any:
+    """Build an options dataclass from a mapping, naming unknown keys and allowed ones."""
+    known = {field.name: field for field in dataclasses.fields(options_type)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        allowed = ", ".join(sorted(known)) or "(none)"
+        raise ValueError(
+            f"query.options: unknown option(s) {unknown} for strategy '{owner}'; allowed: {allowed}"
+        )
+    return options_type(**dict(raw))
+
+
+def top_k(scores: torch.Tensor | np.ndarray, budget: int) -> np.ndarray:
+    """Positions of the ``budget`` largest scores; ties broken by the lower position."""
+    values = np.asarray(scores.detach().cpu() if isinstance(scores, torch.Tensor) else scores)
+    budget = min(budget, len(values))
+    order = np.argsort(-values, kind="stable")
+    return order[:budget].astype(np.int64)
