@@ -170,9 +170,8 @@ def _build_section(name: str, values: Mapping[str, Any]) -> Any:
     hints = get_type_hints(section_type)
     unknown = sorted(set(values) - set(hints))
     if unknown:
-        raise ConfigError(
-            f"[{name}]: unknown field(s) {unknown}; allowed: {', '.join(sorted(hints))}"
-        )
+        given = ", ".join(f"{name}.{key}={values[key]!r}" for key in unknown)
+        raise ConfigError(f"{given}: unknown field(s); allowed: {', '.join(sorted(hints))}")
     coerced: dict[str, Any] = {}
     for key, value in values.items():
         if key == "options":

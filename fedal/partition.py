@@ -58,12 +58,13 @@ def _pathological(data: DataSection, labels: np.ndarray, seed: int) -> Partition
 
 
 def _quantity(data: DataSection, labels: np.ndarray, seed: int) -> Partitioner:
-    """Size skew: client sizes proportional to log-normal(0, quantity_sigma) draws."""
+    """Size skew: one sample per client plus a share of the rest proportional to
+    log-normal(0, quantity_sigma) draws."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
     weights = rng.lognormal(0.0, data.quantity_sigma, size=data.num_clients)
-    total = len(labels)
-    sizes = np.maximum(1, np.floor(weights / weights.sum() * total)).astype(int)
-    sizes[np.argmax(sizes)] += total - sizes.sum()
+    spare = len(labels) - data.num_clients  # every client gets one sample, then its share
+    sizes = 1 + np.floor(weights / weights.sum() * spare).astype(int)
+    sizes[np.argmax(sizes)] += len(labels) - sizes.sum()
     return SizePartitioner(partition_sizes=[int(size) for size in sizes])
 
 
@@ -78,6 +79,17 @@ SHUFFLED_BEFORE_PARTITION = {
     "iid",
     "quantity",
 }  # their flwr-datasets partitioners shard rows in order
+
+
+def _scheme_settings(data: DataSection) -> str:
+    """The fields that shape ``data.partition``'s split, as ``data.key=value`` text."""
+    fields = {
+        "iid": (),
+        "dirichlet": ("alpha",),
+        "pathological": ("classes_per_client",),
+        "quantity": ("quantity_sigma",),
+    }[data.partition]
+    return ", ".join(f"data.{name}={getattr(data, name)}" for name in ("num_clients", *fields))
 
 
 def partition_indices(labels: np.ndarray, data: DataSection, seed: int) -> list[np.ndarray]:
@@ -95,12 +107,19 @@ def partition_indices(labels: np.ndarray, data: DataSection, seed: int) -> list[
     if data.partition in SHUFFLED_BEFORE_PARTITION:
         order = np.random.default_rng(np.random.SeedSequence([seed, 3])).permutation(order)
     table = datasets.Dataset.from_dict({"label": labels[order].astype(np.int64), "index": order})
-    partitioner = PARTITIONERS[data.partition](data, labels, seed)
-    partitioner.dataset = table
-    shards = [
-        np.sort(np.asarray(partitioner.load_partition(client)["index"], dtype=np.int64))
-        for client in range(data.num_clients)
-    ]
+    try:
+        partitioner = PARTITIONERS[data.partition](data, labels, seed)
+        partitioner.dataset = table
+        shards = [
+            np.sort(np.asarray(partitioner.load_partition(client)["index"], dtype=np.int64))
+            for client in range(data.num_clients)
+        ]
+    except ValueError as error:  # flwr-datasets rejects the settings for this data
+        reason = " ".join(str(error).split())
+        raise ConfigError(
+            f"data.partition: '{data.partition}' cannot split {len(labels)} samples with "
+            f"{_scheme_settings(data)}: {reason} (allowed: settings flwr-datasets can satisfy)"
+        ) from None
     placed = sum(len(shard) for shard in shards)
     if placed != len(labels):
         raise ConfigError(

@@ -66,7 +66,8 @@ class RunRecorder:
         self.run_dir = run_dir
         self.config = config
         self.rows: list[dict[str, Any]] = []
-        self.labels_by_client: dict[int, int] = {}
+        self.trained_by_client: dict[int, int] = {}
+        self.requested_by_client: dict[int, int] = {}
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / CONFIG_FILE).write_text(tomli_w.dumps(config.to_dict()))
         with (run_dir / LEDGER_FILE).open("w", newline="") as handle:
@@ -83,12 +84,12 @@ class RunRecorder:
     ) -> dict[str, Any]:
         """Append one round: test metrics, per-client metrics, ledger entries."""
         for report in clients:
-            self.labels_by_client[int(report["client"])] = int(report["labels-used"])
-        trained_on = sum(int(report["num-examples"]) for report in clients)
+            self.trained_by_client[int(report["client"])] = int(report["num-examples"])
+            self.requested_by_client[int(report["client"])] = int(report["labels-used"])
         row = {
             "round": server_round,
-            "labels": sum(self.labels_by_client.values()),
-            "labels_trained": trained_on,
+            "labels": sum(self.trained_by_client.values()),
+            "labels_after_query": sum(self.requested_by_client.values()),
             "test_accuracy": accuracy,
             "test_loss": loss,
             "elapsed_seconds": elapsed,

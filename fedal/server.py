@@ -22,7 +22,7 @@ from fedal.datasets import LoadedDataset, load_dataset
 from fedal.models import build_for_dataset
 from fedal.progress import RoundProgress
 from fedal.results import PLOT_FILE, RunRecorder, new_run_dir
-from fedal.shards import SUBSET_STREAM, client_rng
+from fedal.shards import SUBSET_STREAM, TEST_SUBSET_OWNER, client_rng
 from fedal.training import default_device, evaluate
 from fedal.views import SampleView
 
@@ -130,7 +130,7 @@ def test_view(config: ExperimentConfig, dataset: LoadedDataset) -> SampleView:
     total = len(dataset.test_y)
     rows = np.arange(total, dtype=np.int64)
     if 0 < config.data.test_subset < total:
-        rng = client_rng(config.experiment.seed, -2, SUBSET_STREAM)
+        rng = client_rng(config.experiment.seed, TEST_SUBSET_OWNER, SUBSET_STREAM)
         rows = np.sort(rng.choice(total, size=config.data.test_subset, replace=False))
     return SampleView(dataset.test_x, rows, dataset.input_spec, dataset.test_y[rows])
 

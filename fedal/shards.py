@@ -20,6 +20,8 @@ from fedal.pool import ClientPool, split_protected
 
 # Independent random streams per purpose, derived from (seed, client, purpose).
 PROTECT_STREAM, INITIAL_STREAM, ROUND_STREAM, SUBSET_STREAM = 11, 12, 13, 14
+# Pseudo client ids for streams that belong to no client (seed sequences need ids >= 0).
+TRAIN_SUBSET_OWNER, TEST_SUBSET_OWNER = 2**31, 2**31 + 1
 
 
 def client_rng(seed: int, client: int, stream: int, *extra: int) -> np.random.Generator:
@@ -33,7 +35,7 @@ def training_indices(config: ExperimentConfig, dataset: LoadedDataset) -> np.nda
     subset = config.data.train_subset
     if subset == 0 or subset >= total:
         return np.arange(total, dtype=np.int64)
-    rng = client_rng(config.experiment.seed, -1, SUBSET_STREAM)
+    rng = client_rng(config.experiment.seed, TRAIN_SUBSET_OWNER, SUBSET_STREAM)
     return np.sort(rng.choice(total, size=subset, replace=False)).astype(np.int64)
 
 

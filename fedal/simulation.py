@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, RecordDict
-from flwr.common.telemetry import EventType
+from flwr.supercore.telemetry import EventType
 from flwr.simulation.run_simulation import _run_simulation
 
 from fedal.config import ExperimentConfig, flatten
@@ -42,7 +42,7 @@ def backend_config(
 
 def quiet_logging(verbose: bool) -> None:
     """Hide Flower's and Ray's chatter unless ``verbose``."""
-    level = logging.DEBUG if verbose else logging.WARNING
+    level = logging.DEBUG if verbose else logging.ERROR
     logging.getLogger("flwr").setLevel(level)
     if not verbose:
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")

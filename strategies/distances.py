@@ -1,0 +1,157 @@
+"""Chunked squared distances and k-means++ seeding shared by the diversity strategies.
+
+Core-set, BADGE and k-means all need squared Euclidean distances between many points
+and a few centres. They are computed from inner products with the expansion
+
+    ||a - b||^2 = ||a||^2 + ||b||^2 - 2 <a, b>,
+
+one ``chunk_size x chunk_size`` block at a time, so no ``N x N`` (or ``N x k`` for large
+``k``) matrix is ever held. The points live in an :class:`EmbeddingSpace`, which only has
+to provide squared norms and inner products: plain vectors (:class:`EuclideanSpace`)
+or BADGE's factorised gradient embeddings (``strategies.badge.GradientSpace``).
+
+Distances are computed in float64 and values below ``SNAP_TOLERANCE * (||a||^2 +
+||b||^2)`` (the expansion's cancellation error) are set to exactly zero, so identical
+points are at distance 0 and ties are decided by position, not by rounding noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Protocol, TypeVar
+
+import numpy as np
+import torch
+
+SNAP_TOLERANCE = 1e-9
+DEFAULT_CHUNK_SIZE = 2048
+
+SpaceT = TypeVar("SpaceT", bound="EmbeddingSpace")
+
+
+class EmbeddingSpace(Protocol):
+    """A set of points known through their squared norms and pairwise inner products."""
+
+    def __len__(self) -> int:
+        """Number of points."""
+        ...
+
+    @property
+    def sq_norms(self) -> torch.Tensor:
+        """``||x_i||^2`` for every point, shape ``(N,)`` (computed once)."""
+        ...
+
+    def inner(self: SpaceT, rows: slice, other: SpaceT) -> torch.Tensor:
+        """``<x_i, y_j>`` for ``i`` in ``rows`` and every point ``y_j`` of ``other``."""
+        ...
+
+    def take(self: SpaceT, index: torch.Tensor) -> SpaceT:
+        """The sub-space of the points at ``index``."""
+        ...
+
+
+@dataclass(frozen=True)
+class EuclideanSpace:
+    """Plain vectors, one per row of ``points`` (``N x d``)."""
+
+    points: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    @cached_property
+    def sq_norms(self) -> torch.Tensor:
+        return (self.points * self.points).sum(dim=1)
+
+    def inner(self, rows: slice, other: EuclideanSpace) -> torch.Tensor:
+        return self.points[rows] @ other.points.T
+
+    def take(self, index: torch.Tensor) -> EuclideanSpace:
+        return EuclideanSpace(self.points[index])
+
+
+def as_float64(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device`` in the precision distances are computed in."""
+    return tensor.to(device=device, dtype=torch.float64)
+
+
+def nearest_centres(
+    space: SpaceT, centres: SpaceT, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every point: the squared distance to its nearest centre and that centre's index.
+
+    Blocks of ``chunk_size`` points by ``chunk_size`` centres; ties go to the lower
+    centre index. Returns ``(min_sq_distance, argmin)``, each of shape ``(N,)``.
+    """
+    norms, centre_norms = space.sq_norms, centres.sq_norms
+    best = torch.full((len(space),), float("inf"), dtype=norms.dtype, device=norms.device)
+    arg = torch.zeros(len(space), dtype=torch.long, device=norms.device)
+    for start in range(0, len(centres), chunk_size):
+        block = centres.take(torch.arange(start, min(start + chunk_size, len(centres))))
+        block_norms = centre_norms[start : start + chunk_size]
+        for row in range(0, len(space), chunk_size):
+            rows = slice(row, row + chunk_size)
+            sq = _snap(norms[rows, None], block_norms[None, :], space.inner(rows, block))
+            value, index = sq.min(dim=1)
+            better = value < best[rows]
+            best[rows] = torch.where(better, value, best[rows])
+            arg[rows] = torch.where(better, index + start, arg[rows])
+    return best, arg
+
+
+def sq_distances_to(
+    space: SpaceT, point: int, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> torch.Tensor:
+    """Squared distances from every point of ``space`` to its point ``point``."""
+    centre = space.take(torch.tensor([point]))
+    return nearest_centres(space, centre, chunk_size)[0]
+
+
+def _snap(row_norms: torch.Tensor, col_norms: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """``||a||^2 + ||b||^2 - 2<a,b>``, with cancellation noise snapped to zero."""
+    scale = row_norms + col_norms
+    sq = scale - 2.0 * inner
+    return torch.where(sq > SNAP_TOLERANCE * scale, sq, torch.zeros_like(sq))
+
+
+def kmeans_plus_plus(
+    space: EmbeddingSpace,
+    count: int,
+    first: int,
+    rng: np.random.Generator,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> np.ndarray:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): ``count`` distinct point indices.
+
+    Starts from ``first``; each next centre is drawn with probability proportional to
+    ``D^2(x)``, the squared distance to the nearest centre chosen so far, kept as a
+    running minimum updated with one new centre at a time. Chosen points have
+    ``D^2 = 0`` and are never drawn again. Once every remaining ``D^2`` is zero (only
+    duplicates of chosen points are left) the rest is filled uniformly at random from
+    the unchosen points.
+    """
+    count = min(count, len(space))
+    if count <= 0:
+        return np.empty(0, dtype=np.int64)
+    chosen = [first]
+    min_sq = sq_distances_to(space, first, chunk_size)
+    while len(chosen) < count:
+        weights = min_sq.cpu().numpy()
+        weights[chosen] = 0.0
+        cumulative = np.cumsum(weights)
+        if cumulative[-1] <= 0.0:
+            return _fill_at_random(np.asarray(chosen, dtype=np.int64), len(space), count, rng)
+        pick = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+        chosen.append(pick)
+        min_sq = torch.minimum(min_sq, sq_distances_to(space, pick, chunk_size))
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def _fill_at_random(
+    chosen: np.ndarray, size: int, count: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``chosen`` followed by ``count - len(chosen)`` random distinct unchosen indices."""
+    rest = np.setdiff1d(np.arange(size), chosen)
+    extra = rng.choice(rest, size=count - len(chosen), replace=False)
+    return np.concatenate([chosen, extra]).astype(np.int64)

@@ -1,0 +1,89 @@
+"""k-means diversity sampling (representativeness only; cf. Zhdanov 2019 in the survey).
+
+Clusters the candidates' penultimate embeddings into ``k = budget`` clusters with
+Lloyd's algorithm (Lloyd 1982): assign every point to its nearest centroid, move each
+centroid to the mean of its points; a few iterations from a k-means++ initialisation
+(Arthur & Vassilvitskii 2007) drawn with ``ctx.rng``. Then, centroid by centroid, the
+nearest not yet chosen candidate is selected, so the batch has no duplicates even when
+clusters are empty or candidates coincide. Distances are chunked
+(:mod:`strategies.distances`); no ``N x N`` matrix is formed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from strategies.base import QueryStrategy, RoundContext
+from strategies.distances import (
+    DEFAULT_CHUNK_SIZE,
+    EuclideanSpace,
+    as_float64,
+    kmeans_plus_plus,
+    nearest_centres,
+)
+from strategies.options import require_positive
+from strategies.registry import register
+from strategies.scoring import predict_embeddings
+
+
+def lloyd(
+    space: EuclideanSpace, centroids: torch.Tensor, iterations: int, chunk_size: int
+) -> torch.Tensor:
+    """Up to ``iterations`` Lloyd steps (stopping early once assignments are stable).
+
+    A centroid that loses all its points stays where it is.
+    """
+    previous = None
+    for _ in range(iterations):
+        assignment = nearest_centres(space, EuclideanSpace(centroids), chunk_size)[1]
+        if previous is not None and torch.equal(assignment, previous):
+            break
+        previous = assignment
+        sums = torch.zeros_like(centroids).index_add_(0, assignment, space.points)
+        counts = torch.bincount(assignment, minlength=len(centroids)).unsqueeze(1)
+        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+    return centroids
+
+
+def nearest_distinct(space: EuclideanSpace, centroids: torch.Tensor, chunk_size: int) -> np.ndarray:
+    """For each centroid in order, the nearest point not chosen for an earlier centroid."""
+    taken = torch.zeros(len(space), dtype=torch.bool, device=centroids.device)
+    picks = []
+    for centroid in centroids:
+        sq = nearest_centres(space, EuclideanSpace(centroid.unsqueeze(0)), chunk_size)[0]
+        pick = int(sq.masked_fill(taken, float("inf")).argmin())
+        taken[pick] = True
+        picks.append(pick)
+    return np.asarray(picks, dtype=np.int64)
+
+
+@register
+class KMeansSampling(QueryStrategy):
+    """Select the candidate nearest to each of ``budget`` k-means centroids."""
+
+    name = "kmeans"
+
+    @dataclass(frozen=True)
+    class Options:
+        """``iterations``: Lloyd steps; ``chunk_size``: rows per distance block."""
+
+        iterations: int = 5
+        chunk_size: int = DEFAULT_CHUNK_SIZE
+
+        def __post_init__(self) -> None:
+            require_positive("kmeans", iterations=self.iterations, chunk_size=self.chunk_size)
+
+    def select(self, ctx: RoundContext, budget: int) -> np.ndarray:
+        if budget <= 0 or len(ctx.candidates) == 0:
+            return np.empty(0, dtype=np.int64)
+        chunk = self.options.chunk_size
+        hidden, _ = predict_embeddings(ctx.model, ctx.candidates, ctx.device, ctx.batch_size)
+        space = EuclideanSpace(as_float64(hidden, ctx.device))
+        first = int(ctx.rng.integers(len(space)))
+        seeds = kmeans_plus_plus(space, budget, first, ctx.rng, chunk)
+        initial = space.points[torch.from_numpy(seeds)]
+        centroids = lloyd(space, initial, self.options.iterations, chunk)
+        return nearest_distinct(space, centroids, chunk)

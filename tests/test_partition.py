@@ -1,0 +1,140 @@
+"""Tests for fedal.partition: every scheme is disjoint, complete and seeded, and each
+shows the skew it is meant to (synthetic labels: 2000 samples, 10 classes)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from fedal.config import ConfigError, DataSection
+from fedal.partition import cached_partition, partition_indices
+
+NUM_CLASSES = 10
+LABELS = np.random.default_rng(42).integers(0, NUM_CLASSES, size=2000).astype(np.int64)
+
+SCHEMES = {
+    "iid": DataSection(partition="iid"),
+    "dirichlet": DataSection(partition="dirichlet", alpha=0.5),
+    "pathological": DataSection(partition="pathological", classes_per_client=2),
+    "quantity": DataSection(partition="quantity", quantity_sigma=1.0),
+}
+
+
+def _max_class_share(shards: list[np.ndarray]) -> float:
+    """Mean over clients of the share of the client's most frequent class."""
+    shares = [
+        np.bincount(LABELS[shard], minlength=NUM_CLASSES).max() / len(shard) for shard in shards
+    ]
+    return float(np.mean(shares))
+
+
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+def test_disjoint_and_complete(scheme: str) -> None:
+    shards = partition_indices(LABELS, SCHEMES[scheme], seed=0)
+    assert len(shards) == SCHEMES[scheme].num_clients
+    assert all(len(shard) > 0 for shard in shards)
+    assert all(shard.dtype == np.int64 for shard in shards)
+    assert all(np.all(np.diff(shard) > 0) for shard in shards)  # sorted, no repeats
+    every = np.concatenate(shards)
+    assert len(every) == len(LABELS)  # nothing placed twice ...
+    np.testing.assert_array_equal(np.sort(every), np.arange(len(LABELS)))  # ... nothing lost
+
+
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+def test_seeded(scheme: str) -> None:
+    data = SCHEMES[scheme]
+    first = partition_indices(LABELS, data, seed=1)
+    again = partition_indices(LABELS, data, seed=1)
+    other = partition_indices(LABELS, data, seed=2)
+    for left, right in zip(first, again, strict=True):
+        np.testing.assert_array_equal(left, right)
+    assert any(
+        len(left) != len(right) or np.any(left != right)
+        for left, right in zip(first, other, strict=True)
+    )
+
+
+def test_cached_partition_matches() -> None:
+    data = SCHEMES["dirichlet"]
+    direct = partition_indices(LABELS, data, seed=5)
+    cached = cached_partition(LABELS, data, seed=5)
+    assert cached is cached_partition(LABELS, data, seed=5)
+    for left, right in zip(direct, cached, strict=True):
+        np.testing.assert_array_equal(left, right)
+
+
+def test_dirichlet_small_alpha_gives_strong_label_skew() -> None:
+    skewed = _max_class_share(
+        partition_indices(LABELS, DataSection(partition="dirichlet", alpha=0.05), 0)
+    )
+    balanced = _max_class_share(
+        partition_indices(LABELS, DataSection(partition="dirichlet", alpha=100.0), 0)
+    )
+    iid = _max_class_share(partition_indices(LABELS, DataSection(partition="iid"), 0))
+    assert skewed > 0.5
+    assert balanced < 0.2
+    assert iid < 0.2
+    assert skewed > 3 * max(balanced, iid)
+
+
+@pytest.mark.parametrize("classes", [1, 2, 3])
+def test_pathological_limits_classes_per_client(classes: int) -> None:
+    data = DataSection(partition="pathological", classes_per_client=classes)
+    shards = partition_indices(LABELS, data, seed=0)
+    held = [len(np.unique(LABELS[shard])) for shard in shards]
+    assert max(held) <= classes
+    assert min(held) >= 1
+
+
+def test_iid_sizes_are_equal_and_classes_mixed() -> None:
+    shards = partition_indices(LABELS, SCHEMES["iid"], seed=0)
+    assert {len(shard) for shard in shards} == {200}
+    assert all(len(np.unique(LABELS[shard])) == NUM_CLASSES for shard in shards)
+
+
+def test_quantity_sizes_are_unequal() -> None:
+    sizes = [len(shard) for shard in partition_indices(LABELS, SCHEMES["quantity"], seed=0)]
+    assert sum(sizes) == len(LABELS)
+    assert max(sizes) > 2 * min(sizes)
+    assert len(set(sizes)) > 5
+
+
+def test_quantity_with_one_sample_per_client_on_average() -> None:
+    labels = LABELS[:300]
+    data = DataSection(partition="quantity", num_clients=len(labels), quantity_sigma=3.0)
+    shards = partition_indices(labels, data, seed=0)
+    assert [len(shard) for shard in shards] == [1] * len(labels)
+
+
+def test_iid_with_one_sample_per_client() -> None:
+    labels = LABELS[:300]
+    data = dataclasses.replace(SCHEMES["iid"], num_clients=len(labels))
+    assert {len(shard) for shard in partition_indices(labels, data, seed=0)} == {1}
+
+
+def test_more_clients_than_samples() -> None:
+    with pytest.raises(ConfigError, match=r"data\.num_clients: 2001 clients"):
+        partition_indices(LABELS, DataSection(num_clients=len(LABELS) + 1), seed=0)
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        (DataSection(partition="pathological", num_clients=2, classes_per_client=2), "placed"),
+        (
+            DataSection(partition="pathological", num_clients=3, classes_per_client=11),
+            "data.classes_per_client=11",
+        ),
+        (DataSection(partition="dirichlet", num_clients=200, alpha=0.05), "data.alpha=0.05"),
+    ],
+)
+@pytest.mark.filterwarnings("ignore::UserWarning")  # flwr-datasets warns on each retry
+def test_unsatisfiable_settings_are_config_errors(data: DataSection, named: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        partition_indices(LABELS, data, seed=0)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "data.partition" in message
+    assert named in message
