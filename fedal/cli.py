@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--title")
     plot.set_defaults(handler=cmd_plot)
 
+    from fedal.bench import add_bench_parser
+
+    add_bench_parser(commands)
     return parser
 
 

@@ -35,6 +35,7 @@ class ExperimentSection:
     output_dir: str = "runs"
     run_dir: str = ""
     target_accuracy: float = 0.8
+    save_uploads: bool = False
 
 
 @dataclass(frozen=True)
@@ -217,8 +218,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if len(parts) < 2:
             raise ConfigError(f"override {text!r}: expected section.key=value")
         table = merged
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1], start=1):
             table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                where = ".".join(parts[:depth])
+                raise ConfigError(f"override {text!r}: {where} is a value, not a table")
         table[parts[-1]] = value
     return merged
 

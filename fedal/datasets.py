@@ -44,7 +44,7 @@ from fedal.views import InputSpec
 
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 TORCHVISION_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "torchvision"
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
 
 _ARRAY_NAMES = ("train_x", "train_y", "test_x", "test_y")
 _IDX_STEMS = (
@@ -67,8 +67,8 @@ class DatasetMeta:
     num_classes: int
     channels: int  # 0 for the 2-D toys
     image_size: tuple[int, int] | None  # None for the toys
-    mean: tuple[float, ...]  # per-channel mean of the train pixels in [0, 1]; () for toys
-    std: tuple[float, ...]  # per-channel (population) std of the same; () for toys
+    mean: tuple[float, ...]  # reference per-channel mean in [0, 1] (fixed constant); () for toys
+    std: tuple[float, ...]  # reference per-channel std (fixed constant); () for toys
     class_names: tuple[str, ...]
     superclass_of: tuple[int, ...] | None = None  # CIFAR-100: coarse class of each fine class
 
@@ -115,6 +115,8 @@ class _ImageRecipe:
     layout: str  # example of torchvision's layout, for the not-found message
     find: Callable[[Path], tuple[Path, ...] | None]  # its files under a directory, or None
     convert: Callable[[Path, tuple[Path, ...]], _Converted]  # (directory, files) -> arrays
+    mean: tuple[float, ...] = ()  # reference channel statistics of the full, standard train set
+    std: tuple[float, ...] = ()
     debian: bool = False  # also look in DEBIAN_FASHION_MNIST_DIR
 
 
@@ -274,6 +276,8 @@ def _convert_svhn(directory: Path, files: tuple[Path, ...]) -> _Converted:
 _IMAGE_RECIPES = (
     _ImageRecipe(
         name="fashion-mnist",
+        mean=(0.2860,),
+        std=(0.3530,),
         layout="DIR/FashionMNIST/raw/train-images-idx3-ubyte etc. (or the four .gz files in DIR)",
         find=partial(_idx_files, "FashionMNIST"),
         convert=partial(_convert_mnist_family, "FashionMNIST"),
@@ -281,12 +285,16 @@ _IMAGE_RECIPES = (
     ),
     _ImageRecipe(
         name="mnist",
+        mean=(0.1307,),
+        std=(0.3081,),
         layout="DIR/MNIST/raw/train-images-idx3-ubyte etc. (or the four .gz files in DIR)",
         find=partial(_idx_files, "MNIST"),
         convert=partial(_convert_mnist_family, "MNIST"),
     ),
     _ImageRecipe(
         name="cifar10",
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
         layout="DIR/cifar-10-batches-py/data_batch_1..5, test_batch, batches.meta",
         find=partial(
             _files_in,
@@ -297,12 +305,16 @@ _IMAGE_RECIPES = (
     ),
     _ImageRecipe(
         name="cifar100",
+        mean=(0.5071, 0.4865, 0.4409),
+        std=(0.2673, 0.2564, 0.2762),
         layout="DIR/cifar-100-python/train, test, meta",
         find=partial(_files_in, [f"cifar-100-python/{name}" for name in ("train", "test", "meta")]),
         convert=_convert_cifar100,
     ),
     _ImageRecipe(
         name="svhn",
+        mean=(0.4377, 0.4438, 0.4728),
+        std=(0.1980, 0.2010, 0.1970),
         layout="DIR/train_32x32.mat and DIR/test_32x32.mat",
         find=partial(_files_in, ["train_32x32.mat", "test_32x32.mat"]),
         convert=_convert_svhn,
@@ -336,29 +348,21 @@ def _array_cache_dir(name: str, directory: Path, files: Sequence[Path]) -> Path:
     return _cache_root() / "arrays" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
-def _channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Exact per-channel mean and std of uint8 NCHW images scaled to [0, 1] (via histograms)."""
-    levels = np.arange(256, dtype=np.float64) / 255.0
-    means, stds = [], []
-    for channel in range(images.shape[1]):
-        counts = np.bincount(images[:, channel].ravel(), minlength=256)
-        mean = float(counts @ levels) / counts.sum()
-        means.append(mean)
-        stds.append(float(np.sqrt(counts @ (levels - mean) ** 2 / counts.sum())))
-    return tuple(means), tuple(stds)
+def _image_meta(recipe: _ImageRecipe, converted: _Converted) -> DatasetMeta:
+    """Meta of a converted image dataset with the recipe's reference channel statistics.
 
-
-def _image_meta(name: str, converted: _Converted) -> DatasetMeta:
-    """Meta of a converted image dataset, with the train set's channel statistics."""
+    The statistics are fixed constants of the standard dataset, never computed from the
+    loaded arrays: statistics over all training pixels would include every client's
+    protected samples and leak them into every model input (DESIGN section 4).
+    """
     train_x = converted.arrays["train_x"]
-    mean, std = _channel_stats(train_x)
     return DatasetMeta(
-        name=name,
+        name=recipe.name,
         num_classes=len(converted.class_names),
         channels=int(train_x.shape[1]),
         image_size=(int(train_x.shape[2]), int(train_x.shape[3])),
-        mean=mean,
-        std=std,
+        mean=recipe.mean,
+        std=recipe.std,
         class_names=converted.class_names,
         superclass_of=converted.superclass_of,
     )
@@ -412,7 +416,7 @@ def _load_image(recipe: _ImageRecipe, data_dir: Path | None) -> LoadedDataset:
             converted = recipe.convert(directory, files)
         except RuntimeError as error:  # torchvision's "Dataset not found or corrupted"
             raise DatasetNotFoundError(_not_found(recipe, [directory], str(error))) from None
-        _write_cache(cache_dir, converted.arrays, _image_meta(recipe.name, converted))
+        _write_cache(cache_dir, converted.arrays, _image_meta(recipe, converted))
     return _read_cache(cache_dir)
 
 

@@ -36,17 +36,24 @@ class ClientReports:
 
     Flower calls it with the reply records of a round; it stores them for the results
     writer and returns the aggregated scalars (sums of label counts, mean train loss).
+    With ``uploads_dir`` set it also saves every client's uploaded arrays, per round, as
+    ``round-R-client-K.npz`` (an audit of exactly what left each client).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, uploads_dir: Path | None = None) -> None:
         self.pending: list[dict[str, Any]] = []
         self.short_clients: set[int] = set()
+        self.uploads_dir = uploads_dir
+        self.rounds_seen = 0
 
     def __call__(self, records: list[RecordDict], weighting_key: str) -> MetricRecord:
+        self.rounds_seen += 1
         reports = []
         for record in records:
             metrics = next(iter(record.metric_records.values()))
             reports.append({key: metrics[key] for key in metrics})
+            if self.uploads_dir is not None:
+                self._save_upload(record, int(metrics["client"]))
         self.pending = sorted(reports, key=lambda report: int(report["client"]))
         self._note_short_budgets(reports)
         weights = np.array([max(1, int(r[weighting_key])) for r in reports], dtype=float)
@@ -62,6 +69,12 @@ class ClientReports:
                 "train-loss": mean_loss,
             }
         )
+
+    def _save_upload(self, record: RecordDict, client: int) -> None:
+        arrays = next(iter(record.array_records.values()))
+        self.uploads_dir.mkdir(parents=True, exist_ok=True)
+        target = self.uploads_dir / f"round-{self.rounds_seen}-client-{client}.npz"
+        np.savez(target, **{name: arrays[name].numpy() for name in arrays})
 
     def _note_short_budgets(self, reports: list[dict[str, Any]]) -> None:
         """Say once per client that its budget exceeded its remaining candidates."""
@@ -86,10 +99,20 @@ class ClientRoundError(RuntimeError):
     """A client failed during a round; the run stops instead of averaging fewer helpers."""
 
 
-def failing_fast(strategy_class: type[FedAvg]) -> type[FedAvg]:
-    """The Flower strategy class, stopping the run when any client reply is an error."""
+def reply_client(reply: Message) -> int:
+    """The client id a (successful) reply reports."""
+    return int(next(iter(reply.content.metric_records.values()))["client"])
 
-    class FailFast(strategy_class):  # type: ignore[misc, valid-type]
+
+def strict_and_ordered(strategy_class: type[FedAvg]) -> type[FedAvg]:
+    """The Flower strategy class, aggregating replies in client order and failing fast.
+
+    Replies arrive in completion order; floating-point sums depend on order, so sorting
+    by client makes the aggregate bit-reproducible. Any error reply stops the run rather
+    than silently averaging fewer helpers.
+    """
+
+    class StrictOrdered(strategy_class):  # type: ignore[misc, valid-type]
         def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> Any:
             replies = list(replies)
             failed = [reply for reply in replies if reply.has_error()]
@@ -98,10 +121,10 @@ def failing_fast(strategy_class: type[FedAvg]) -> type[FedAvg]:
                     f"{len(failed)} client(s) failed in round {server_round}: "
                     f"{failed[0].error.reason}"
                 )
-            return super().aggregate_train(server_round, replies)
+            return super().aggregate_train(server_round, sorted(replies, key=reply_client))
 
-    FailFast.__name__ = strategy_class.__name__
-    return FailFast
+    StrictOrdered.__name__ = strategy_class.__name__
+    return StrictOrdered
 
 
 def aggregation_strategy(config: ExperimentConfig, reports: ClientReports) -> FedAvg:
@@ -116,9 +139,9 @@ def aggregation_strategy(config: ExperimentConfig, reports: ClientReports) -> Fe
         "train_metrics_aggr_fn": reports,
     }
     builders: dict[str, Callable[[], FedAvg]] = {
-        "fedavg": lambda: failing_fast(FedAvg)(**common),
-        "fedprox": lambda: failing_fast(FedProx)(proximal_mu=fed.proximal_mu, **common),
-        "fedavgm": lambda: failing_fast(FedAvgM)(
+        "fedavg": lambda: strict_and_ordered(FedAvg)(**common),
+        "fedprox": lambda: strict_and_ordered(FedProx)(proximal_mu=fed.proximal_mu, **common),
+        "fedavgm": lambda: strict_and_ordered(FedAvgM)(
             server_learning_rate=fed.server_lr, server_momentum=fed.server_momentum, **common
         ),
     }
@@ -145,7 +168,7 @@ def serve(grid: Grid, config: ExperimentConfig, run_dir: Path) -> dict[str, Any]
     model = build_for_dataset(config.model.helper, dataset, config.model.dropout).to(device)
     test = test_view(config, dataset)
     recorder = RunRecorder(run_dir, config)
-    reports = ClientReports()
+    reports = ClientReports(run_dir / "uploads" if config.experiment.save_uploads else None)
     progress = RoundProgress(config.federation.rounds)
 
     def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:

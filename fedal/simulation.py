@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, RecordDict
-from flwr.supercore.telemetry import EventType
 from flwr.simulation.run_simulation import _run_simulation
+from flwr.supercore.telemetry import EventType
 
 from fedal.config import ExperimentConfig, flatten
 

@@ -182,6 +182,12 @@ def test_override_without_equals_sign() -> None:
     assert "section.key=value" in _error(["training.lr"])
 
 
+def test_override_below_a_value_is_a_config_error(config_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"training\.lr is a value, not a table"):
+        load_config(config_path, ["training.lr.max=0.1"])  # the file sets training.lr
+    assert "is not a number" in _error(["training.lr.max=0.1"])
+
+
 def test_more_clients_than_samples_is_a_config_error() -> None:
     labels = np.arange(5) % 2
     with pytest.raises(ConfigError) as caught:

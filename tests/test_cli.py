@@ -1,0 +1,124 @@
+"""Tests for the ``fedal`` command's train, partition and plot subcommands (``run`` is
+tested with the simulation)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedal.cli import main
+from fedal.config import load_config
+from fedal.results import RunRecorder
+
+DEMO = str(Path(__file__).resolve().parents[1] / "experiments" / "configs" / "demo.toml")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Train on one thread: on a shared 2-core machine, two threads oversubscribe badly."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """The single line the command printed on stderr."""
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("fedal: error: ")
+    return lines[0]
+
+
+def test_train_prints_accuracy(capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["train", "--model", "cnn", "--labels", "200", "--epochs", "1"])
+    assert status == 0
+    out = capsys.readouterr().out
+    match = re.search(r"test accuracy (\d+\.\d+)%", out)
+    assert match, out
+    assert float(match.group(1)) > 20.0  # chance is 10%
+    assert "fashion-mnist | cnn | 200 random labels | 1 epochs" in out
+
+
+def test_partition_writes_summary_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "partition.json"
+    status = main(["partition", DEMO, "--set", "data.train_subset=2000", "-o", str(out)])
+    assert status == 0
+    assert "class histogram" in capsys.readouterr().out
+    summary = json.loads(out.read_text())
+    assert summary["dataset"] == "fashion-mnist"
+    assert summary["partition"] == "iid"
+    assert summary["num_clients"] == 10
+    assert summary["protected_fraction"] == 0.9
+    clients = summary["clients"]
+    assert [client["client"] for client in clients] == list(range(10))
+    assert sum(client["size"] for client in clients) == 2000
+    for client in clients:
+        assert client["size"] == 200
+        assert sum(client["class_histogram"]) == client["size"]
+        assert len(client["class_histogram"]) == 10
+        assert client["protected"] == 180
+        assert client["candidates"] == 20
+
+
+def test_partition_shortcut_flags(tmp_path: Path) -> None:
+    out = tmp_path / "partition.json"
+    args = ["partition", DEMO, "--set", "data.train_subset=600", "--clients", "3", "--seed", "2"]
+    assert main([*args, "-o", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["num_clients"] == 3
+    assert summary["seed"] == 2
+
+
+def test_bad_override_exits_2_naming_the_field(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["partition", DEMO, "--set", "data.partition=dirichlet", "--set", "data.alpha=-1"]
+    assert main(args) == 2
+    line = _one_error_line(capsys)
+    assert "data.alpha" in line
+    assert "-1" in line
+
+
+def test_data_dependent_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["partition", DEMO, "--set", "data.train_subset=100", "--clients", "10"]
+    assert main([*args, "--set", "data.initial_labels_per_client=5"]) == 2
+    assert "data.initial_labels_per_client" in _one_error_line(capsys)
+
+
+def test_unknown_strategy_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["partition", DEMO, "--strategy", "clairvoyant"]) == 2
+    assert "clairvoyant" in _one_error_line(capsys)
+
+
+def test_plot_rejects_a_non_run_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plot", str(tmp_path), "-o", str(tmp_path / "plot.png")]) == 2
+    assert "not a fedal run directory" in _one_error_line(capsys)
+    assert not (tmp_path / "plot.png").exists()
+
+
+def test_plot_overlays_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = []
+    for seed in (0, 1):
+        run_dir = tmp_path / f"run-s{seed}"
+        recorder = RunRecorder(run_dir, load_config(None, [f"experiment.seed={seed}"]))
+        for server_round in (1, 2):
+            report = {
+                "client": 0,
+                "num-examples": 10 * server_round,
+                "labels-used": 10 * server_round,
+                "ledger-round": [],
+                "ledger-index": [],
+                "ledger-label": [],
+            }
+            recorder.record_round(server_round, 0.3 * server_round, 1.0, [report], 1.0)
+        runs.append(str(run_dir))
+    output = tmp_path / "overlay.png"
+    assert main(["plot", *runs, "-o", str(output), "--title", "seeds"]) == 0
+    assert capsys.readouterr().out.strip() == str(output)
+    assert output.stat().st_size > 1000

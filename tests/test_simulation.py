@@ -1,0 +1,97 @@
+"""Real Flower + Ray simulations: results, determinism and the privacy isolation test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from engine_support import TRAIN_COUNT, tiny_config, write_small_fashion_mnist
+
+from fedal.config import ExperimentConfig
+from fedal.datasets import load_dataset
+from fedal.results import read_ledger, read_rounds
+from fedal.shards import client_shards, new_client_pool
+from fedal.simulation import simulate
+
+
+def run(config: ExperimentConfig, run_dir: Path) -> Path:
+    simulate(config, run_dir)
+    return run_dir
+
+
+def uploads(run_dir: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Every client's uploaded arrays, by file name (round and client)."""
+    return {
+        path.name: dict(np.load(path))
+        for path in sorted((run_dir / "uploads").glob("round-*-client-*.npz"))
+    }
+
+
+def protected_indices(config: ExperimentConfig) -> np.ndarray:
+    dataset = load_dataset(config.data.dataset, config.data.data_dir)
+    shards = client_shards(config, dataset)
+    pools = [new_client_pool(config, dataset, k, shard) for k, shard in enumerate(shards)]
+    return np.concatenate([pool.protected for pool in pools])
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_small_fashion_mnist(tmp_path_factory.mktemp("fmnist"))
+
+
+@pytest.fixture(scope="module")
+def baseline(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    return run(tiny_config(data_dir, out), out / "baseline")
+
+
+def test_simulation_writes_the_run_directory(baseline: Path) -> None:
+    rounds = read_rounds(baseline)
+    assert [row["round"] for row in rounds] == [0, 1, 2]
+    assert rounds[1]["labels"] == 3 * 6 and rounds[2]["labels"] == 3 * (6 + 5)
+    assert all(0.0 <= row["test_accuracy"] <= 1.0 for row in rounds)
+    assert {client["client"] for client in rounds[2]["clients"]} == {0, 1, 2}
+    summary = json.loads((baseline / "summary.json").read_text())
+    assert summary["final_accuracy"] == rounds[-1]["test_accuracy"]
+    assert summary["rounds"] == 2
+    ledger = read_ledger(baseline)
+    assert len(ledger) == 3 * 6 + 2 * 3 * 5
+    assert len(np.unique(ledger[:, 2])) == len(ledger), "a sample was labelled twice"
+    plot = (baseline / "accuracy_vs_labels.png").read_bytes()
+    assert plot.startswith(b"\x89PNG") and len(plot) > 1000
+    assert (baseline / "config.toml").is_file()
+    assert len(uploads(baseline)) == 2 * 3
+
+
+def test_same_seed_same_run_and_other_seed_differs(
+    baseline: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    again = run(tiny_config(data_dir, tmp_path), tmp_path / "again")
+    assert np.array_equal(read_ledger(again), read_ledger(baseline))
+    assert [r["test_accuracy"] for r in read_rounds(again)] == [
+        r["test_accuracy"] for r in read_rounds(baseline)
+    ]
+    other = run(tiny_config(data_dir, tmp_path, "experiment.seed=1"), tmp_path / "other")
+    assert not np.array_equal(read_ledger(other), read_ledger(baseline))
+
+
+def test_protected_pixels_never_influence_uploads_or_ledger(
+    baseline: Path, tmp_path: Path, data_dir: Path
+) -> None:
+    config = tiny_config(data_dir, tmp_path)
+    protected = protected_indices(config)
+    assert len(protected) > 0.8 * TRAIN_COUNT
+    images = load_dataset("fashion-mnist", str(data_dir)).train_x[:, 0].copy()
+    images[protected] = 255 - images[protected]
+    perturbed_dir = write_small_fashion_mnist(tmp_path / "perturbed", train_images=images)
+    perturbed = run(tiny_config(perturbed_dir, tmp_path), tmp_path / "perturbed-run")
+
+    assert np.isin(read_ledger(baseline)[:, 2], protected).sum() == 0
+    assert np.array_equal(read_ledger(perturbed), read_ledger(baseline))
+    original, changed = uploads(baseline), uploads(perturbed)
+    assert original.keys() == changed.keys()
+    for name, arrays in original.items():
+        for key, value in arrays.items():
+            assert np.array_equal(value, changed[name][key]), f"{name}:{key} changed"
