@@ -20,8 +20,7 @@ from clients.state import (
     save_strategy_state,
 )
 from fedal.config import from_flat
-from fedal.datasets import load_dataset
-from fedal.shards import client_shards, new_client_pool
+from fedal.shards import load_experiment
 from fedal.training import default_device
 from strategies import build_strategy
 
@@ -53,21 +52,18 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(config_record["server-round"])
     config = from_flat(dict(config_record))
     client = partition_of(context, config.data.num_clients)
-    dataset = load_dataset(
-        config.data.dataset, config.data.data_dir or None, config.experiment.seed
-    )
+    experiment = load_experiment(config)
 
     pool = load_pool(context.state, client)
     if pool is None:
-        shard = client_shards(config, dataset)[client]
-        pool = new_client_pool(config, dataset, client, shard)
+        pool = experiment.new_pool(config, client)
     strategy = build_strategy(config.query.strategy, config.query.options)
     strategy.load_state_dict(load_strategy_state(context.state))
     book = load_book(context.state)
 
     outcome = run_client_round(
         config,
-        dataset,
+        experiment.dataset,
         pool,
         strategy,
         msg.content["arrays"].to_torch_state_dict(),

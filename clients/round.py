@@ -19,6 +19,7 @@ import torch
 
 from fedal.config import ExperimentConfig
 from fedal.datasets import LoadedDataset
+from fedal.finetune import EmaModel, finetune_on_confident
 from fedal.models import build_for_dataset
 from fedal.pool import ClientPool
 from fedal.shards import ROUND_STREAM, client_rng, make_oracle
@@ -97,14 +98,26 @@ def run_client_round(
     proximal_mu = (
         config.federation.proximal_mu if config.federation.aggregation == "fedprox" else 0.0
     )
+    candidates = SampleView(dataset.train_x, pool.candidates, spec)
+    ema = EmaModel(helper, config.training.finetune_ema_decay) if config.training.finetune else None
     train_stats = train_supervised(
-        helper, labelled, config.training, device, generator, proximal_mu=proximal_mu
+        helper,
+        labelled,
+        config.training,
+        device,
+        generator,
+        proximal_mu=proximal_mu,
+        after_step=ema.update if ema else None,
     )
+    confident = 0
+    if ema is not None:
+        confident = finetune_on_confident(
+            helper, ema, candidates, config.training, device, generator
+        ).confident
     helper_state = {
         name: value.detach().cpu().clone() for name, value in helper.state_dict().items()
     }
 
-    candidates = SampleView(dataset.train_x, pool.candidates, spec)
     budget = query_budget(config, pool, server_round)
     picks = np.empty(0, dtype=np.int64)
     fit_seconds = select_seconds = 0.0
@@ -135,16 +148,21 @@ def run_client_round(
         pool.add_labels(chosen, make_oracle(config, dataset, pool).label(chosen), server_round)
 
     new_labels = pool.labels[len(pool.labels) - len(picks) :]
+    new_indices = pool.labelled[len(pool.labelled) - len(picks) :]
+    noisy_marks = dataset.train_noisy
+    new_noisy = int(noisy_marks[new_indices].sum()) if noisy_marks is not None else 0
     unreported = pool.ledger_array()[ledger_from:]
     metrics = {
         "client": pool.client,
         "num-examples": len(labelled),
         "labels-used": len(pool.labelled),
         "new-labels": len(picks),
+        "new-noisy": new_noisy,
         "candidates-left": len(pool.candidates),
         "budget-short": int(budget > len(candidates)),
         "train-loss": train_stats.loss,
         "train-seconds": train_stats.seconds,
+        "finetune-confident": confident,
         "fit-seconds": fit_seconds,
         "select-seconds": select_seconds,
         "selected-class-histogram": np.bincount(

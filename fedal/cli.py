@@ -35,18 +35,13 @@ def _config_from_args(args: argparse.Namespace) -> ExperimentConfig:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate everything (before Ray starts), then simulate the federation."""
-    from fedal.datasets import load_dataset
     from fedal.preflight import preflight
     from fedal.results import new_run_dir
 
     config = _config_from_args(args)
-    dataset = load_dataset(
-        config.data.dataset, config.data.data_dir or None, config.experiment.seed
-    )
-    summary_table = preflight(config, dataset)
+    preflight(config)
     run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "partition.json").write_text(json.dumps(summary_table, indent=2))
     print(
         f"fedal: {config.experiment.name} | {config.data.dataset} | "
         f"{config.data.num_clients} clients ({config.data.partition}) | "
@@ -88,14 +83,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_partition(args: argparse.Namespace) -> int:
     """Print the partition summary table and optionally save it as JSON."""
-    from fedal.datasets import load_dataset
     from fedal.preflight import preflight, render_partition
 
     config = _config_from_args(args)
-    dataset = load_dataset(
-        config.data.dataset, config.data.data_dir or None, config.experiment.seed
-    )
-    summary = preflight(config, dataset)
+    summary = preflight(config)
     render_partition(summary)
     if args.output:
         Path(args.output).write_text(json.dumps(summary, indent=2))

@@ -53,6 +53,10 @@ class DataSection:
     initial_labels_per_client: int = 20
     train_subset: int = 0
     test_subset: int = 0
+    corruption: str = "none"
+    corruption_share: float = 0.3
+    corruption_class: int = 1
+    corruption_unique: int = 100
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,10 @@ class TrainingSection:
     schedule: str = "constant"
     augment: bool = True
     eval_batch_size: int = 512
+    finetune: bool = False
+    finetune_gamma: float = 0.9
+    finetune_iterations: int = 1
+    finetune_ema_decay: float = 0.99
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedal.config import ConfigError, ExperimentConfig
-from fedal.datasets import LoadedDataset
-from fedal.shards import client_shards, partition_summary
+from fedal.shards import load_experiment, partition_summary
 from fedal.validation import check_against_partition
 
 
@@ -28,12 +27,12 @@ def check_strategy(config: ExperimentConfig) -> None:
         raise ConfigError(str(error)) from None
 
 
-def preflight(config: ExperimentConfig, dataset: LoadedDataset) -> dict[str, Any]:
+def preflight(config: ExperimentConfig) -> dict[str, Any]:
     """Validate strategy and partition against the data; return the partition summary."""
     check_strategy(config)
-    shards = client_shards(config, dataset)
-    check_against_partition(config, shards)
-    return partition_summary(config, dataset, shards)
+    experiment = load_experiment(config)
+    check_against_partition(config, experiment.shards)
+    return partition_summary(config, experiment)
 
 
 def render_partition(summary: dict[str, Any], console: Console | None = None) -> None:
@@ -42,7 +41,8 @@ def render_partition(summary: dict[str, Any], console: Console | None = None) ->
         title=f"{summary['dataset']} | {summary['partition']} | "
         f"{summary['num_clients']} clients | protected {summary['protected_fraction']:.0%}"
     )
-    for column in ("client", "size", "protected", "candidates", "class histogram"):
+    columns = ("client", "size", "protected", "candidates", "noisy", "class histogram")
+    for column in columns:
         table.add_column(column, justify="right" if column != "class histogram" else "left")
     for client in summary["clients"]:
         table.add_row(
@@ -50,6 +50,7 @@ def render_partition(summary: dict[str, Any], console: Console | None = None) ->
             str(client["size"]),
             str(client["protected"]),
             str(client["candidates"]),
+            str(client["noisy"]),
             " ".join(str(count) for count in client["class_histogram"]),
         )
     (console or Console()).print(table)

@@ -66,6 +66,8 @@ class RunRecorder:
         self.run_dir = run_dir
         self.config = config
         self.rows: list[dict[str, Any]] = []
+        self.selected = 0
+        self.selected_noisy = 0
         self.trained_by_client: dict[int, int] = {}
         self.requested_by_client: dict[int, int] = {}
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -83,6 +85,8 @@ class RunRecorder:
         elapsed: float,
     ) -> dict[str, Any]:
         """Append one round: test metrics, per-client metrics, ledger entries."""
+        self.selected += sum(int(report["new-labels"]) for report in clients)
+        self.selected_noisy += sum(int(report["new-noisy"]) for report in clients)
         for report in clients:
             self.trained_by_client[int(report["client"])] = int(report["num-examples"])
             self.requested_by_client[int(report["client"])] = int(report["labels-used"])
@@ -90,6 +94,8 @@ class RunRecorder:
             "round": server_round,
             "labels": sum(self.trained_by_client.values()),
             "labels_after_query": sum(self.requested_by_client.values()),
+            "selected": self.selected,
+            "selected_noisy": self.selected_noisy,
             "test_accuracy": accuracy,
             "test_loss": loss,
             "elapsed_seconds": elapsed,
@@ -135,6 +141,10 @@ class RunRecorder:
             "auc_accuracy_vs_labels": area_under_curve(labels, accuracy) if curve else None,
             "target_accuracy": target,
             "labels_to_target": labels_to_reach(labels, accuracy, target),
+            "selected": self.selected,
+            "clean_share_selected": (
+                1.0 - self.selected_noisy / self.selected if self.selected else None
+            ),
         }
 
     def finish(self) -> dict[str, Any]:

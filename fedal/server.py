@@ -18,11 +18,18 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedAvgM, FedProx
 
 from fedal.config import ExperimentConfig, flatten, from_flat
-from fedal.datasets import LoadedDataset, load_dataset
+from fedal.datasets import LoadedDataset
 from fedal.models import build_for_dataset
 from fedal.progress import RoundProgress
 from fedal.results import PLOT_FILE, RunRecorder, new_run_dir
-from fedal.shards import SUBSET_STREAM, TEST_SUBSET_OWNER, client_rng
+from fedal.shards import (
+    SUBSET_STREAM,
+    TEST_SUBSET_OWNER,
+    client_rng,
+    load_experiment,
+    partition_summary,
+    save_summary,
+)
 from fedal.training import default_device, evaluate
 from fedal.views import SampleView
 
@@ -164,10 +171,12 @@ def serve(grid: Grid, config: ExperimentConfig, run_dir: Path) -> dict[str, Any]
     random.seed(seed)
     torch.manual_seed(seed)
     device = default_device()
-    dataset = load_dataset(config.data.dataset, config.data.data_dir or None, seed)
+    experiment = load_experiment(config)
+    dataset = experiment.dataset
     model = build_for_dataset(config.model.helper, dataset, config.model.dropout).to(device)
     test = test_view(config, dataset)
     recorder = RunRecorder(run_dir, config)
+    save_summary(partition_summary(config, experiment), run_dir / "partition.json")
     reports = ClientReports(run_dir / "uploads" if config.experiment.save_uploads else None)
     progress = RoundProgress(config.federation.rounds)
 

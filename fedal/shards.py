@@ -7,13 +7,15 @@ clients, client id): a client rebuilds exactly the same shard in any process.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fedal.config import ExperimentConfig
-from fedal.datasets import LoadedDataset
+from fedal.corruptions import experiment_data, noisy_blocks
+from fedal.datasets import LoadedDataset, load_dataset
 from fedal.oracle import Oracle, superclass_confusion
 from fedal.partition import cached_partition
 from fedal.pool import ClientPool, split_protected
@@ -46,6 +48,39 @@ def client_shards(config: ExperimentConfig, dataset: LoadedDataset) -> list[np.n
     return [in_play[rows] for rows in local]
 
 
+@dataclass(frozen=True)
+class ExperimentData:
+    """The experiment's dataset (clean, or with appended noisy examples) and its split."""
+
+    dataset: LoadedDataset
+    shards: list[np.ndarray]
+    noisy: list[np.ndarray]
+
+    def new_pool(self, config: ExperimentConfig, client: int) -> ClientPool:
+        """Client ``client``'s fresh pool (see :func:`new_client_pool`)."""
+        return new_client_pool(
+            config, self.dataset, client, self.shards[client], self.noisy[client]
+        )
+
+
+def open_count(shard: np.ndarray, protected_fraction: float) -> int:
+    """Non-protected samples of a shard (the same rounding as :func:`split_protected`)."""
+    return len(shard) - round(protected_fraction * len(shard))
+
+
+def load_experiment(config: ExperimentConfig) -> ExperimentData:
+    """Dataset, client shards and heteroskedastic blocks for ``config`` (cached per process)."""
+    data = config.data
+    clean = load_dataset(data.dataset, data.data_dir or None, config.experiment.seed)
+    shards = client_shards(config, clean)
+    open_counts = [open_count(shard, data.protected_fraction) for shard in shards]
+    if data.corruption == "none":
+        return ExperimentData(clean, shards, [np.empty(0, dtype=np.int64) for _ in shards])
+    blocks = noisy_blocks(open_counts, data.corruption_share, first_index=len(clean.train_y))
+    dataset = experiment_data(config, total_noisy=sum(len(block) for block in blocks))
+    return ExperimentData(dataset, shards, blocks)
+
+
 def make_oracle(config: ExperimentConfig, dataset: LoadedDataset, pool: ClientPool) -> Oracle:
     """The client's annotator: configured noise, refusing this client's protected samples."""
     superclasses = dataset.meta.superclass_of
@@ -62,33 +97,43 @@ def make_oracle(config: ExperimentConfig, dataset: LoadedDataset, pool: ClientPo
 
 
 def new_client_pool(
-    config: ExperimentConfig, dataset: LoadedDataset, client: int, shard: np.ndarray
+    config: ExperimentConfig,
+    dataset: LoadedDataset,
+    client: int,
+    shard: np.ndarray,
+    noisy: np.ndarray | None = None,
 ) -> ClientPool:
     """A client's pool with its seeded protected mask and its initial labelled set.
 
     The initial set is drawn at random from the non-protected part and labelled by the
     oracle in round 0, so initial labels carry the oracle's noise like later ones.
+    ``noisy`` (heteroskedastic benchmark examples) joins the candidates afterwards and is
+    never protected.
     """
     seed = config.experiment.seed
     mask = split_protected(
         shard, config.data.protected_fraction, client_rng(seed, client, PROTECT_STREAM)
     )
-    pool = ClientPool(client=client, shard=shard, protected_mask=mask)
-    candidates = pool.candidates
+    candidates = shard[~mask]
     count = min(config.data.initial_labels_per_client, len(candidates))
     chosen = client_rng(seed, client, INITIAL_STREAM).choice(candidates, size=count, replace=False)
+    extra = np.empty(0, dtype=np.int64) if noisy is None else noisy
+    pool = ClientPool(
+        client=client,
+        shard=np.concatenate([shard, extra]),
+        protected_mask=np.concatenate([mask, np.zeros(len(extra), dtype=bool)]),
+    )
     pool.add_labels(chosen, make_oracle(config, dataset, pool).label(chosen), round_number=0)
     return pool
 
 
-def partition_summary(
-    config: ExperimentConfig, dataset: LoadedDataset, shards: list[np.ndarray]
-) -> dict[str, Any]:
-    """Per-client sizes, class histograms and protected/candidate counts."""
+def partition_summary(config: ExperimentConfig, experiment: ExperimentData) -> dict[str, Any]:
+    """Per-client sizes, class histograms, protected/candidate counts and noisy additions."""
+    dataset = experiment.dataset
     classes = dataset.meta.num_classes
     fraction = config.data.protected_fraction
     clients = []
-    for client, shard in enumerate(shards):
+    for client, shard in enumerate(experiment.shards):
         protected = round(fraction * len(shard))
         clients.append(
             {
@@ -96,6 +141,7 @@ def partition_summary(
                 "size": len(shard),
                 "protected": protected,
                 "candidates": len(shard) - protected,
+                "noisy": len(experiment.noisy[client]),
                 "class_histogram": np.bincount(dataset.train_y[shard], minlength=classes).tolist(),
             }
         )
@@ -104,6 +150,7 @@ def partition_summary(
         "partition": config.data.partition,
         "num_clients": config.data.num_clients,
         "protected_fraction": fraction,
+        "corruption": config.data.corruption,
         "seed": config.experiment.seed,
         "clients": clients,
     }

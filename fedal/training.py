@@ -7,6 +7,7 @@ with the standard crop (pad 4) + horizontal-flip augmentation for 32x32 colour i
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,11 +96,13 @@ def train_supervised(
     device: torch.device,
     generator: torch.Generator,
     proximal_mu: float = 0.0,
+    after_step: Callable[[], None] | None = None,
 ) -> TrainStats:
     """Minimise cross-entropy (PSL eq. 1) on the labelled ``view`` for ``settings.epochs``.
 
     With ``proximal_mu > 0`` the FedProx proximal term mu/2 * ||w - w_start||^2 is added
     (Li et al. 2020, eq. 2), anchoring the weights to those the round started from.
+    ``after_step`` runs after every optimiser step (e.g. an EMA update).
     """
     started = time.perf_counter()
     if len(view) == 0 or settings.epochs == 0:
@@ -124,6 +127,8 @@ def train_supervised(
             loss.backward()
             optimizer.step()
             schedule.step()
+            if after_step is not None:
+                after_step()
             total_loss += float(loss.detach())
             steps += 1
     model.eval()

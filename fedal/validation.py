@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from fedal.config import ConfigError, ExperimentConfig
+from fedal.corruptions import CORRUPTIONS
 from fedal.oracle import NOISE_MODELS
 from fedal.training import OPTIMIZERS, SCHEDULES
 
@@ -55,6 +56,9 @@ def validate(config: ExperimentConfig) -> None:
     )
     _check("data.train_subset", data.train_subset, lambda v: v >= 0, "0 (all) or a positive count")
     _check("data.test_subset", data.test_subset, lambda v: v >= 0, "0 (all) or a positive count")
+    _one_of("data.corruption", data.corruption, CORRUPTIONS)
+    _check("data.corruption_share", data.corruption_share, lambda v: 0 <= v < 1, "0 <= value < 1")
+    _check("data.corruption_unique", data.corruption_unique, lambda v: v >= 1, "an integer >= 1")
     _one_of("oracle.noise", config.oracle.noise, NOISE_MODELS)
     _check("oracle.rate", config.oracle.rate, lambda v: 0 <= v <= 1, "0 <= value <= 1")
     _one_of("model.helper", config.model.helper, available_models())
@@ -65,6 +69,19 @@ def validate(config: ExperimentConfig) -> None:
     _check("training.lr", train.lr, lambda v: v > 0, "a number > 0")
     _check("training.momentum", train.momentum, lambda v: 0 <= v < 1, "0 <= value < 1")
     _check("training.weight_decay", train.weight_decay, lambda v: v >= 0, "a number >= 0")
+    _check("training.finetune_gamma", train.finetune_gamma, lambda v: 0 <= v < 1, "0 <= value < 1")
+    _check(
+        "training.finetune_iterations",
+        train.finetune_iterations,
+        lambda v: v >= 0,
+        "an integer >= 0",
+    )
+    _check(
+        "training.finetune_ema_decay",
+        train.finetune_ema_decay,
+        lambda v: 0 <= v < 1,
+        "0 <= value < 1",
+    )
     _one_of("training.optimizer", train.optimizer, OPTIMIZERS)
     _one_of("training.schedule", train.schedule, SCHEDULES)
     _check("query.budget_per_query", query.budget_per_query, lambda v: v >= 0, "an integer >= 0")
@@ -86,12 +103,14 @@ def validate(config: ExperimentConfig) -> None:
 
 def check_against_partition(config: ExperimentConfig, shards: Sequence[np.ndarray]) -> None:
     """Data-dependent checks: every client can draw its initial labelled set."""
+    from fedal.shards import open_count
+
     fraction = config.data.protected_fraction
     wanted = config.data.initial_labels_per_client
     for client, shard in enumerate(shards):
-        open_count = len(shard) - round(fraction * len(shard))
-        if wanted > open_count:
+        available = open_count(shard, fraction)
+        if wanted > available:
             raise ConfigError(
-                f"data.initial_labels_per_client: {wanted} exceeds the {open_count} "
-                f"non-protected samples of client {client} (allowed: <= {open_count})"
+                f"data.initial_labels_per_client: {wanted} exceeds the {available} "
+                f"non-protected samples of client {client} (allowed: <= {available})"
             )

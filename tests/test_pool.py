@@ -13,6 +13,7 @@ from fedal.shards import (
     PROTECT_STREAM,
     client_rng,
     client_shards,
+    load_experiment,
     make_oracle,
     new_client_pool,
     partition_summary,
@@ -198,7 +199,7 @@ def test_client_shards_on_fashion_mnist(fashion: LoadedDataset) -> None:
     again = client_shards(config, fashion)
     for left, right in zip(shards, again, strict=True):
         np.testing.assert_array_equal(left, right)
-    summary = partition_summary(config, fashion, shards)
+    summary = partition_summary(config, load_experiment(config))
     for client, shard in zip(summary["clients"], shards, strict=True):
         assert client["size"] == len(shard) == sum(client["class_histogram"])
         assert client["protected"] == round(0.5 * len(shard))

@@ -71,6 +71,8 @@ def _report(
         "client": client,
         "num-examples": trained,
         "labels-used": requested,
+        "new-labels": len(ledger),
+        "new-noisy": 1 if ledger else 0,
         "train-loss": 0.5,
         "ledger-round": [entry[0] for entry in ledger],
         "ledger-index": [entry[1] for entry in ledger],
@@ -137,6 +139,8 @@ def test_run_recorder_writes_a_complete_run_directory(tmp_path: Path) -> None:
         "client": 1,
         "num-examples": 10,
         "labels-used": 15,
+        "new-labels": 5,
+        "new-noisy": 1,
         "train-loss": 0.5,
     }
 

@@ -1,0 +1,165 @@
+"""LHD (Algorithm 1): the EMA step, the lh vectors and the seeding by hand, then behaviour."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from strategy_context import make_context
+from torch import nn
+
+from strategies import build_strategy
+from strategies.lhd import LHD, ema_update, lhd_vectors, seed_batch
+
+CHUNK = 3  # smaller than the test sets, so the chunked distance code is exercised
+
+
+def run_round(seed: int = 0, **options: object) -> tuple[np.ndarray, LHD]:
+    """fit + select on a small context, as the runtime does."""
+    ctx = make_context(seed=seed)
+    strategy = build_strategy("lhd", options)
+    strategy.fit(ctx)
+    return strategy.select(ctx, 6), strategy
+
+
+# ---------------------------------------------------------------- equations by hand
+
+
+def test_ema_update_matches_hand_formula() -> None:
+    torch.manual_seed(0)
+    main = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+    ema = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+    main[1].running_mean.fill_(2.0)
+    main[1].num_batches_tracked.fill_(7)
+    before = {key: value.clone() for key, value in ema.state_dict().items()}
+    ema_update(ema, main, decay=0.9)
+    after, theta = ema.state_dict(), main.state_dict()
+    for key in ("0.weight", "0.bias", "1.weight", "1.running_mean", "1.running_var"):
+        want = 0.9 * before[key] + 0.1 * theta[key]
+        torch.testing.assert_close(after[key], want)
+    assert int(after["1.num_batches_tracked"]) == 7
+
+
+def test_lhd_vectors_match_hand_computation() -> None:
+    ema_logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    main_logits = torch.tensor([[1.0, 1.0], [0.0, 3.0]])
+    ema_hidden = torch.tensor([[1.0, 2.0, 0.0], [0.5, 0.5, 0.5]])
+    main_hidden = torch.tensor([[0.0, 1.0, 1.0], [0.5, 1.5, -0.5]])
+    # pseudo-labels from the EMA model: class 0 for row 0, class 1 for row 1
+    dl0 = abs(math.log(1 + math.exp(-2.0)) - math.log(2.0))
+    dl1 = abs(math.log(1 + math.exp(-1.0)) - math.log(1 + math.exp(-3.0)))
+    want = torch.tensor([[dl0 * 1.0, dl0 * 1.0, dl0 * -1.0], [0.0, dl1 * -1.0, dl1 * 1.0]])
+    got = lhd_vectors(main_logits, main_hidden, ema_logits, ema_hidden)
+    torch.testing.assert_close(got, want)
+
+
+def test_lhd_vectors_vanish_where_main_and_ema_agree() -> None:
+    logits = torch.randn(5, 3, generator=torch.Generator().manual_seed(1))
+    hidden = torch.randn(5, 4, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(lhd_vectors(logits, hidden, logits, hidden), torch.zeros(5, 4))
+
+
+# ---------------------------------------------------------------- k-means++ seeding
+
+
+def test_seeding_starts_at_the_largest_norm_without_duplicates() -> None:
+    vectors = torch.randn(20, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    vectors[13] *= 10
+    picks = seed_batch(vectors, 8, np.random.default_rng(0), CHUNK)
+    assert picks[0] == 13
+    assert picks.dtype == np.int64
+    assert len(set(picks.tolist())) == 8
+
+
+def test_seeding_fills_a_zero_distance_remainder_at_random() -> None:
+    vectors = torch.zeros(10, 2, dtype=torch.float64)
+    vectors[4] = torch.tensor([1.0, 1.0])
+    vectors[7] = torch.tensor([1.0, 1.0])  # a duplicate of row 4: D^2 = 0 once 4 is chosen
+    picks = seed_batch(vectors, 6, np.random.default_rng(0), CHUNK)
+    assert picks[0] == 4
+    assert 0 not in picks[:1] and len(set(picks.tolist())) == 6
+    everything = seed_batch(vectors, 10, np.random.default_rng(0), CHUNK)
+    assert sorted(everything.tolist()) == list(range(10))
+
+
+def test_seeding_is_reproducible_per_seed_and_depends_on_it() -> None:
+    vectors = torch.randn(40, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    first = seed_batch(vectors, 10, np.random.default_rng(5), CHUNK)
+    again = seed_batch(vectors, 10, np.random.default_rng(5), CHUNK)
+    np.testing.assert_array_equal(first, again)
+    others = {tuple(seed_batch(vectors, 10, np.random.default_rng(s), CHUNK)) for s in range(4)}
+    assert len(others) > 1
+
+
+# ---------------------------------------------------------------- the strategy
+
+
+def test_fit_trains_main_keeps_ema_as_the_average_and_leaves_ctx_model_alone() -> None:
+    ctx = make_context()
+    original = {key: value.clone() for key, value in ctx.model.state_dict().items()}
+    strategy = build_strategy("lhd", {"epochs": 3, "batch_size": 8, "ema_decay": 0.5})
+    strategy.fit(ctx)
+    state = strategy.state_dict()
+    for key, value in ctx.model.state_dict().items():
+        assert torch.equal(value, original[key]), key
+    weight = "features.0.weight"
+    assert not torch.equal(state[f"main.{weight}"], original[weight])
+    assert not torch.equal(state[f"ema.{weight}"], original[weight])
+    assert not torch.equal(state[f"ema.{weight}"], state[f"main.{weight}"])
+
+
+def test_selection_is_within_candidates_and_exact() -> None:
+    ctx = make_context(candidates=15)
+    strategy = build_strategy("lhd", {"lr": 1e-2})
+    strategy.fit(ctx)
+    assert strategy.state_differences(ctx).abs().sum() > 0
+    for budget in (0, 1, 6, 15, 40):
+        picks = strategy.select(ctx, budget)
+        assert picks.dtype == np.int64
+        assert len(picks) == min(budget, 15) == len(np.unique(picks))
+        assert picks.min(initial=0) >= 0 and picks.max(initial=0) < 15
+
+
+def test_select_without_fit_works() -> None:
+    ctx = make_context()
+    picks = build_strategy("lhd").select(ctx, 5)
+    assert len(np.unique(picks)) == 5 and picks.max() < len(ctx.candidates)
+
+
+def test_same_seed_same_selection_with_a_fresh_backbone() -> None:
+    first, strategy = run_round(seed=2, backbone="cnn")
+    second, _ = run_round(seed=2, backbone="cnn")
+    np.testing.assert_array_equal(first, second)
+    helper_weight = make_context().model.state_dict()["features.0.weight"]
+    assert not torch.equal(strategy.state_dict()["main.features.0.weight"], helper_weight)
+
+
+def test_state_round_trips_and_the_next_round_continues_from_it() -> None:
+    _, original = run_round(seed=4, lr=1e-2)
+    state = original.state_dict()
+    assert {key.split(".", 1)[0] for key in state} == {"main", "ema"}
+    restored = build_strategy("lhd", {"lr": 1e-2})
+    restored.load_state_dict(state)
+    assert restored.state_dict().keys() == state.keys()
+
+    no_epochs = build_strategy("lhd", {"epochs": 0})
+    no_epochs.load_state_dict(state)
+    no_epochs.fit(make_context(seed=5))
+    for key, value in no_epochs.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+    contexts = make_context(seed=5), make_context(seed=5)
+    original.fit(contexts[0])
+    restored.fit(contexts[1])
+    np.testing.assert_array_equal(original.select(contexts[0], 6), restored.select(contexts[1], 6))
+
+
+def test_invalid_options_and_state_are_rejected() -> None:
+    with pytest.raises(ValueError, match="ema_decay"):
+        build_strategy("lhd", {"ema_decay": 1.0})
+    with pytest.raises(ValueError, match="backbone"):
+        build_strategy("lhd", {"backbone": "vgg"})
+    with pytest.raises(ValueError, match="unknown model"):
+        build_strategy("lhd").load_state_dict({"peer0.weight": torch.zeros(1)})
