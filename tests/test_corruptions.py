@@ -75,9 +75,9 @@ def test_noisy_class_repeats_images_of_one_class_with_random_labels() -> None:
 
 
 def test_bad_corruption_settings_fail_early() -> None:
-    with pytest.raises(ConfigError, match="data.corruption"):
+    with pytest.raises(ConfigError, match=r"data\.corruption"):
         config("noisy-everything")
-    with pytest.raises(ConfigError, match="data.corruption_share"):
+    with pytest.raises(ConfigError, match=r"data\.corruption_share"):
         config("noisy-blank", "data.corruption_share=1.0")
     with pytest.raises(ConfigError, match="needs an image dataset"):
         load_experiment(config("noisy-blank", 'data.dataset="moons"'))
