@@ -105,6 +105,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_selection(args: argparse.Namespace) -> int:
+    """Picture of the points a run selected (2-D toy datasets)."""
+    from fedal.plots import plot_selection
+
+    print(plot_selection(Path(args.run_dir), Path(args.output)))
+    return 0
+
+
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="experiment TOML")
     parser.add_argument(
@@ -155,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("-o", "--output", required=True)
     plot.add_argument("--title")
     plot.set_defaults(handler=cmd_plot)
+
+    selection = commands.add_parser("selection", help="picture of selected points (2-D toys)")
+    selection.add_argument("run_dir")
+    selection.add_argument("-o", "--output", required=True)
+    selection.set_defaults(handler=cmd_selection)
 
     from fedal.bench import add_bench_parser
 

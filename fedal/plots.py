@@ -87,3 +87,51 @@ def plot_runs(run_dirs: Sequence[Path], output: Path, title: str | None = None) 
     figure.savefig(output, dpi=120)
     plt.close(figure)
     return output
+
+
+def plot_selection(run_dir: Path, output: Path) -> Path:
+    """2-D toys: all training points by given label, the run's labelled points on top.
+
+    Points of the dataset's noisy region are drawn with crosses, clean ones with dots, so
+    where a strategy spent its labels is visible at a glance.
+    """
+    from fedal.config import load_config
+    from fedal.results import read_ledger
+    from fedal.shards import load_experiment
+
+    config = load_config(run_dir / "config.toml")
+    dataset = load_experiment(config).dataset
+    if dataset.meta.image_size is not None:
+        raise ValueError(f"{config.data.dataset}: selection plots need a 2-D toy dataset")
+    ledger = read_ledger(run_dir)
+    queried = ledger[ledger[:, 1] > 0, 2]
+    initial = ledger[ledger[:, 1] == 0, 2]
+    noisy = (
+        dataset.train_noisy
+        if dataset.train_noisy is not None
+        else np.zeros(len(dataset.train_y), bool)
+    )
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    points = dataset.train_x
+    axes.scatter(points[:, 0], points[:, 1], c=dataset.train_y, cmap="viridis", s=6, alpha=0.25)
+    for rows, marker, name in (
+        (queried[~noisy[queried]], "o", "selected (clean)"),
+        (queried[noisy[queried]], "x", "selected (noisy)"),
+        (initial, "s", "initial"),
+    ):
+        axes.scatter(
+            points[rows, 0],
+            points[rows, 1],
+            c="red" if marker != "s" else "black",
+            marker=marker,
+            s=28,
+            label=f"{name}: {len(rows)}",
+        )
+    clean = 1.0 - noisy[queried].mean() if len(queried) else float("nan")
+    axes.set_title(f"{config.query.strategy}: {clean:.0%} of selected samples are clean")
+    axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, dpi=120)
+    plt.close(figure)
+    return output

@@ -127,6 +127,13 @@ def new_client_pool(
     return pool
 
 
+def noisy_in_pool(dataset: LoadedDataset, shard: np.ndarray, appended: np.ndarray) -> int:
+    """Deliberately noisy samples a client holds (appended benchmark ones or intrinsic)."""
+    if dataset.train_noisy is None:
+        return 0
+    return int(dataset.train_noisy[np.concatenate([shard, appended])].sum())
+
+
 def partition_summary(config: ExperimentConfig, experiment: ExperimentData) -> dict[str, Any]:
     """Per-client sizes, class histograms, protected/candidate counts and noisy additions."""
     dataset = experiment.dataset
@@ -141,7 +148,7 @@ def partition_summary(config: ExperimentConfig, experiment: ExperimentData) -> d
                 "size": len(shard),
                 "protected": protected,
                 "candidates": len(shard) - protected,
-                "noisy": len(experiment.noisy[client]),
+                "noisy": noisy_in_pool(dataset, shard, experiment.noisy[client]),
                 "class_histogram": np.bincount(dataset.train_y[shard], minlength=classes).tolist(),
             }
         )

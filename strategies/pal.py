@@ -111,7 +111,7 @@ class PretextActiveLearning(QueryStrategy):
 
     def __init__(self, options: Mapping[str, object] | None = None) -> None:
         super().__init__(options)
-        self._network = PrivateNetwork(self._build)
+        self._network: PrivateNetwork[PretextScorer] = PrivateNetwork(self._build)
 
     def _build(self, ctx: RoundContext) -> PretextScorer:
         return PretextScorer(ctx.build_model(self.options.backbone))

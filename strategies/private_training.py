@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -26,8 +26,10 @@ from strategies.base import RoundContext
 
 SEED_BOUND = 2**62
 
+Network = TypeVar("Network", bound=nn.Module)
 
-class PrivateNetwork:
+
+class PrivateNetwork(Generic[Network]):
     """A network built on first use from ``build(ctx)`` and persisted as a flat state dict.
 
     :meth:`get` draws one seed from ``ctx.rng`` on *every* call and uses it only when the
@@ -36,12 +38,12 @@ class PrivateNetwork:
     State loaded before the network exists is kept and applied when it is built.
     """
 
-    def __init__(self, build: Callable[[RoundContext], nn.Module]) -> None:
+    def __init__(self, build: Callable[[RoundContext], Network]) -> None:
         self._build = build
-        self._module: nn.Module | None = None
+        self._module: Network | None = None
         self._pending: dict[str, torch.Tensor] = {}
 
-    def get(self, ctx: RoundContext, fresh: bool = False) -> nn.Module:
+    def get(self, ctx: RoundContext, fresh: bool = False) -> Network:
         """The network on ``ctx.device``; ``fresh`` rebuilds it from new initial weights."""
         seed = int(ctx.rng.integers(0, SEED_BOUND))
         if fresh:
