@@ -105,6 +105,28 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run strategies x seeds, then plot them together and print the mean ± std table."""
+    from fedal.plots import plot_runs
+    from fedal.sweep import markdown_table, run_grid, summary_rows
+
+    strategies = [name.strip() for name in args.strategies.split(",") if name.strip()]
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    run_dirs = run_grid(args.config, strategies, seeds, args.set or [], args.verbose)
+    print(markdown_table(summary_rows(run_dirs)))
+    if args.output:
+        print(plot_runs(run_dirs, Path(args.output), args.title))
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    """Print the mean ± std table of finished runs (grouped by everything but the seed)."""
+    from fedal.sweep import markdown_table, summary_rows
+
+    print(markdown_table(summary_rows([Path(run) for run in args.run_dirs])))
+    return 0
+
+
 def cmd_selection(args: argparse.Namespace) -> int:
     """Picture of the points a run selected (2-D toy datasets)."""
     from fedal.plots import plot_selection
@@ -163,6 +185,20 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("-o", "--output", required=True)
     plot.add_argument("--title")
     plot.set_defaults(handler=cmd_plot)
+
+    sweep = commands.add_parser("sweep", help="run strategies x seeds, then plot and tabulate")
+    sweep.add_argument("config")
+    sweep.add_argument("--strategies", required=True, help="comma-separated strategy names")
+    sweep.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    sweep.add_argument("--set", action="append", metavar="KEY=VALUE")
+    sweep.add_argument("-o", "--output", help="overlay plot PNG")
+    sweep.add_argument("--title")
+    sweep.add_argument("--verbose", action="store_true")
+    sweep.set_defaults(handler=cmd_sweep)
+
+    table = commands.add_parser("table", help="mean ± std table of finished runs")
+    table.add_argument("run_dirs", nargs="+")
+    table.set_defaults(handler=cmd_table)
 
     selection = commands.add_parser("selection", help="picture of selected points (2-D toys)")
     selection.add_argument("run_dir")

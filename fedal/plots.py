@@ -21,7 +21,7 @@ else:  # pragma: no cover
 SEED_FREE_IGNORED = {("experiment", "seed"), ("experiment", "output_dir"), ("experiment", "name")}
 
 
-def _run_config(run_dir: Path) -> dict:
+def run_config(run_dir: Path) -> dict:
     with (run_dir / "config.toml").open("rb") as handle:
         return tomllib.load(handle)
 
@@ -50,12 +50,12 @@ def group_runs(run_dirs: Sequence[Path]) -> dict[str, list[Path]]:
     """Runs grouped by everything but the seed, in first-seen order."""
     groups: dict[str, list[Path]] = {}
     for run_dir in run_dirs:
-        groups.setdefault(group_key(_run_config(run_dir)), []).append(run_dir)
+        groups.setdefault(group_key(run_config(run_dir)), []).append(run_dir)
     return groups
 
 
 def _label(runs: list[Path], all_names: set[str]) -> str:
-    config = _run_config(runs[0])
+    config = run_config(runs[0])
     label = config["query"]["strategy"]
     if len(all_names) > 1:
         label = f"{label} ({config['experiment']['name']})"
@@ -65,7 +65,7 @@ def _label(runs: list[Path], all_names: set[str]) -> str:
 def plot_runs(run_dirs: Sequence[Path], output: Path, title: str | None = None) -> Path:
     """Overlay runs (mean and std band per seed group) and save a PNG."""
     run_dirs = [Path(run_dir) for run_dir in run_dirs]
-    names = {_run_config(run_dir)["experiment"]["name"] for run_dir in run_dirs}
+    names = {run_config(run_dir)["experiment"]["name"] for run_dir in run_dirs}
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for runs in group_runs(run_dirs).values():
         curves = [_curve(run) for run in runs]
