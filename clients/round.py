@@ -23,7 +23,7 @@ from fedal.finetune import EmaModel, finetune_on_confident
 from fedal.models import build_for_dataset
 from fedal.pool import ClientPool
 from fedal.shards import ROUND_STREAM, client_rng, make_oracle
-from fedal.training import train_supervised
+from fedal.training import TrainStats, train_supervised
 from fedal.views import SampleView
 from strategies import QueryStrategy, RoundContext
 
@@ -71,6 +71,103 @@ def check_selection(picks: np.ndarray, budget: int, pool_size: int, name: str) -
     return picks
 
 
+@dataclass(frozen=True)
+class HelperTraining:
+    """The trained helper and what training it took."""
+
+    model: torch.nn.Module
+    stats: TrainStats
+    confident: int
+
+
+@dataclass(frozen=True)
+class QueryOutcome:
+    """The positions picked in the candidate view, and the strategy's timings."""
+
+    picks: np.ndarray
+    fit_seconds: float
+    select_seconds: float
+
+
+def train_helper(
+    config: ExperimentConfig,
+    helper: torch.nn.Module,
+    labelled: SampleView,
+    candidates: SampleView,
+    device: torch.device,
+    generator: torch.Generator,
+) -> HelperTraining:
+    """Steps 2-3: supervised training on labelled data (FedProx term if configured), then
+    the optional confident-pseudo-label fine-tuning on candidates (never protected data)."""
+    proximal_mu = (
+        config.federation.proximal_mu if config.federation.aggregation == "fedprox" else 0.0
+    )
+    ema = EmaModel(helper, config.training.finetune_ema_decay) if config.training.finetune else None
+    stats = train_supervised(
+        helper,
+        labelled,
+        config.training,
+        device,
+        generator,
+        proximal_mu=proximal_mu,
+        after_step=ema.update if ema else None,
+    )
+    confident = 0
+    if ema is not None:
+        confident = finetune_on_confident(
+            helper, ema, candidates, config.training, device, generator
+        ).confident
+    return HelperTraining(model=helper, stats=stats, confident=confident)
+
+
+def query(strategy: QueryStrategy, context: RoundContext, budget: int) -> QueryOutcome:
+    """Step 4: ``strategy.fit`` then ``strategy.select``, timed and contract-checked."""
+    started = time.perf_counter()
+    strategy.fit(context)
+    fitted = time.perf_counter()
+    picks = check_selection(
+        strategy.select(context, budget), budget, len(context.candidates), strategy.name
+    )
+    return QueryOutcome(picks, fitted - started, time.perf_counter() - fitted)
+
+
+def round_metrics(
+    dataset: LoadedDataset,
+    pool: ClientPool,
+    training: HelperTraining,
+    outcome: QueryOutcome,
+    budget: int,
+    candidates_before: int,
+    ledger_from: int,
+) -> dict[str, Any]:
+    """Step 5: the MetricRecord content (counts, timings, selection statistics, new ledger)."""
+    count = len(outcome.picks)
+    new_labels = pool.labels[len(pool.labels) - count :]
+    new_indices = pool.labelled[len(pool.labelled) - count :]
+    noisy_marks = dataset.train_noisy
+    unreported = pool.ledger_array()[ledger_from:]
+    return {
+        "client": pool.client,
+        "num-examples": len(pool.labelled) - count,
+        "labels-used": len(pool.labelled),
+        "new-labels": count,
+        "new-noisy": int(noisy_marks[new_indices].sum()) if noisy_marks is not None else 0,
+        "candidates-left": len(pool.candidates),
+        "budget-short": int(budget > candidates_before),
+        "train-loss": training.stats.loss,
+        "train-seconds": training.stats.seconds,
+        "finetune-confident": training.confident,
+        "fit-seconds": outcome.fit_seconds,
+        "select-seconds": outcome.select_seconds,
+        "selected-class-histogram": np.bincount(
+            new_labels, minlength=dataset.meta.num_classes
+        ).tolist(),
+        "ledger-round": unreported[:, 1].tolist(),
+        "ledger-index": unreported[:, 2].tolist(),
+        "ledger-label": unreported[:, 3].tolist(),
+    }
+
+
 def run_client_round(
     config: ExperimentConfig,
     dataset: LoadedDataset,
@@ -93,34 +190,16 @@ def run_client_round(
     helper = build_for_dataset(config.model.helper, dataset, config.model.dropout).to(device)
     helper.load_state_dict(global_state)
     global_model = copy.deepcopy(helper) if config.query.scoring_model == "global" else None
-
     labelled = SampleView(dataset.train_x, pool.labelled, spec, pool.labels)
-    proximal_mu = (
-        config.federation.proximal_mu if config.federation.aggregation == "fedprox" else 0.0
-    )
     candidates = SampleView(dataset.train_x, pool.candidates, spec)
-    ema = EmaModel(helper, config.training.finetune_ema_decay) if config.training.finetune else None
-    train_stats = train_supervised(
-        helper,
-        labelled,
-        config.training,
-        device,
-        generator,
-        proximal_mu=proximal_mu,
-        after_step=ema.update if ema else None,
-    )
-    confident = 0
-    if ema is not None:
-        confident = finetune_on_confident(
-            helper, ema, candidates, config.training, device, generator
-        ).confident
+
+    training = train_helper(config, helper, labelled, candidates, device, generator)
     helper_state = {
         name: value.detach().cpu().clone() for name, value in helper.state_dict().items()
     }
 
     budget = query_budget(config, pool, server_round)
-    picks = np.empty(0, dtype=np.int64)
-    fit_seconds = select_seconds = 0.0
+    outcome = QueryOutcome(np.empty(0, dtype=np.int64), 0.0, 0.0)
     if budget > 0 and len(candidates) > 0:
         private = pool.unlabelled if config.query.private_data == "all" else pool.candidates
         context = RoundContext(
@@ -136,40 +215,9 @@ def run_client_round(
             batch_size=config.training.eval_batch_size,
             build_model=lambda name, dropout=0.0: build_for_dataset(name, dataset, dropout),
         )
-        started = time.perf_counter()
-        strategy.fit(context)
-        fit_seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        picks = check_selection(
-            strategy.select(context, budget), budget, len(candidates), strategy.name
-        )
-        select_seconds = time.perf_counter() - started
-        chosen = candidates.positions[picks]
+        outcome = query(strategy, context, budget)
+        chosen = candidates.positions[outcome.picks]
         pool.add_labels(chosen, make_oracle(config, dataset, pool).label(chosen), server_round)
 
-    new_labels = pool.labels[len(pool.labels) - len(picks) :]
-    new_indices = pool.labelled[len(pool.labelled) - len(picks) :]
-    noisy_marks = dataset.train_noisy
-    new_noisy = int(noisy_marks[new_indices].sum()) if noisy_marks is not None else 0
-    unreported = pool.ledger_array()[ledger_from:]
-    metrics = {
-        "client": pool.client,
-        "num-examples": len(labelled),
-        "labels-used": len(pool.labelled),
-        "new-labels": len(picks),
-        "new-noisy": new_noisy,
-        "candidates-left": len(pool.candidates),
-        "budget-short": int(budget > len(candidates)),
-        "train-loss": train_stats.loss,
-        "train-seconds": train_stats.seconds,
-        "finetune-confident": confident,
-        "fit-seconds": fit_seconds,
-        "select-seconds": select_seconds,
-        "selected-class-histogram": np.bincount(
-            new_labels, minlength=dataset.meta.num_classes
-        ).tolist(),
-        "ledger-round": unreported[:, 1].tolist(),
-        "ledger-index": unreported[:, 2].tolist(),
-        "ledger-label": unreported[:, 3].tolist(),
-    }
+    metrics = round_metrics(dataset, pool, training, outcome, budget, len(candidates), ledger_from)
     return RoundOutcome(helper_state=helper_state, metrics=metrics)

@@ -10,7 +10,13 @@ import torch
 from strategy_context import make_context
 from torch import nn
 
+from fedal.config import TrainingSection
+from fedal.datasets import load_dataset
+from fedal.models import build_for_dataset
+from fedal.training import train_supervised
+from fedal.views import SampleView
 from strategies import build_strategy
+from strategies.base import RoundContext
 from strategies.lhd import LHD, ema_update, lhd_vectors, seed_batch
 
 CHUNK = 3  # smaller than the test sets, so the chunked distance code is exercised
@@ -164,3 +170,42 @@ def test_invalid_options_and_state_are_rejected() -> None:
         build_strategy("lhd", {"backbone": "vgg"})
     with pytest.raises(ValueError, match="unknown model"):
         build_strategy("lhd").load_state_dict({"peer0.weight": torch.zeros(1)})
+
+
+def four_moons_context(seed: int) -> tuple[RoundContext, np.ndarray]:
+    """100 labelled / 1000 candidate four-moons points, an MLP helper trained on the
+    labelled ones, and which candidates lie on the randomly labelled moon."""
+    data = load_dataset("four-moons")
+    rows = np.random.default_rng(seed).permutation(len(data.train_x))
+    labelled_rows, candidate_rows = rows[:100], rows[100:1100]
+    spec = data.input_spec
+    labelled = SampleView(data.train_x, labelled_rows, spec, data.train_y[labelled_rows])
+    candidates = SampleView(data.train_x, candidate_rows, spec)
+    torch.manual_seed(seed)
+    helper = build_for_dataset("mlp", data)
+    settings = TrainingSection(epochs=50, batch_size=32, augment=False)
+    train_supervised(helper, labelled, settings, torch.device("cpu"), torch.Generator())
+    ctx = RoundContext(
+        model=helper,
+        labelled=labelled,
+        candidates=candidates,
+        private_unlabelled=candidates,
+        num_classes=data.meta.num_classes,
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(seed),
+        rng=np.random.default_rng(seed),
+        round=1,
+        batch_size=512,
+        build_model=lambda name, dropout=0.0: build_for_dataset(name, data, dropout),
+    )
+    return ctx, data.train_noisy[candidate_rows]
+
+
+def test_lhd_draws_far_fewer_noisy_points_than_least_confidence() -> None:
+    ctx, noisy = four_moons_context(seed=0)
+    fractions = {}
+    for name in ("lhd", "least_confidence"):
+        strategy = build_strategy(name)
+        strategy.fit(ctx)
+        fractions[name] = noisy[strategy.select(ctx, 50)].mean()
+    assert fractions["lhd"] < noisy.mean() < fractions["least_confidence"]

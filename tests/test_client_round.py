@@ -1,0 +1,94 @@
+"""One client round without Flower: budgets, exhaustion, caps, query cadence, contract."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clients.round import SelectionError, check_selection, query_budget, run_client_round
+from fedal.config import load_config
+from fedal.models import build_for_dataset
+from fedal.shards import load_experiment
+from strategies import build_strategy
+
+
+def setup(*overrides: str):
+    config = load_config(
+        "experiments/configs/demo.toml",
+        [
+            "data.train_subset=600",
+            "data.num_clients=3",
+            "data.initial_labels_per_client=5",
+            "training.epochs=1",
+            *overrides,
+        ],
+    )
+    experiment = load_experiment(config)
+    torch.manual_seed(0)
+    model = build_for_dataset(config.model.helper, experiment.dataset)
+    return config, experiment, model.state_dict()
+
+
+def one_round(config, experiment, state, pool, server_round: int, strategy: str = "random"):
+    return run_client_round(
+        config,
+        experiment.dataset,
+        pool,
+        build_strategy(strategy),
+        state,
+        server_round,
+        torch.device("cpu"),
+    )
+
+
+def test_budget_beyond_the_pool_takes_what_is_left_then_keeps_training() -> None:
+    config, experiment, state = setup("query.budget_per_query=100")
+    pool = experiment.new_pool(config, 0)
+    open_left = len(pool.candidates)
+    assert open_left < 100
+    first = one_round(config, experiment, state, pool, 1).metrics
+    assert first["new-labels"] == open_left and first["budget-short"] == 1
+    assert len(pool.candidates) == 0
+    assert len(np.unique(pool.labelled)) == len(pool.labelled)
+    second = one_round(config, experiment, state, pool, 2)
+    assert second.metrics["new-labels"] == 0 and second.metrics["num-examples"] == len(
+        pool.labelled
+    )
+    assert set(second.helper_state) == set(state)  # still trains and uploads
+
+
+def test_label_cap_and_query_cadence() -> None:
+    config, experiment, state = setup(
+        "query.budget_per_query=4", "query.max_labels_per_client=11", "query.query_every=2"
+    )
+    pool = experiment.new_pool(config, 1)
+    assert query_budget(config, pool, 1) == 0
+    assert query_budget(config, pool, 2) == 4
+    for server_round in range(1, 7):
+        one_round(config, experiment, state, pool, server_round)
+    assert len(pool.labelled) == 11
+    rounds = [entry.round for entry in pool.ledger]
+    assert set(rounds) == {0, 2, 4} and rounds.count(4) == 2  # 5 + 4 + 2 (capped)
+
+
+def test_helper_upload_is_trained_before_the_query_and_reports_ledger() -> None:
+    config, experiment, state = setup("query.budget_per_query=3")
+    pool = experiment.new_pool(config, 2)
+    outcome = one_round(config, experiment, state, pool, 1, strategy="entropy")
+    metrics = outcome.metrics
+    assert metrics["num-examples"] == 5 and metrics["labels-used"] == 8
+    assert metrics["ledger-round"] == [0] * 5 + [1] * 3
+    assert metrics["ledger-index"] == pool.labelled.tolist()
+    assert sum(metrics["selected-class-histogram"]) == 3
+    assert any(not torch.equal(outcome.helper_state[k], state[k]) for k in state)
+
+
+def test_selection_contract_is_enforced() -> None:
+    assert check_selection(np.array([2, 0]), 2, 5, "x").tolist() == [2, 0]
+    with pytest.raises(SelectionError, match="expected 2 distinct"):
+        check_selection(np.array([1, 1]), 2, 5, "x")
+    with pytest.raises(SelectionError, match="expected 2"):
+        check_selection(np.array([1]), 2, 5, "x")
+    with pytest.raises(SelectionError, match="outside"):
+        check_selection(np.array([1, 7]), 2, 5, "x")
