@@ -37,7 +37,7 @@ Readings of the paper fixed here:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from itertools import cycle
 
@@ -248,14 +248,10 @@ class AgreementDiscrepancySelection(QueryStrategy):
         for inputs, targets in labelled_batches(ctx, self.options.batch_size, self.options.augment):
             step(optimizer, network, labelled_loss(network(inputs), targets))
 
-    def _unlabelled(self, ctx: RoundContext) -> list[torch.Tensor]:
+    def _unlabelled(self, ctx: RoundContext) -> Iterator[torch.Tensor]:
         """This step's (capped) shuffled batches of ``ctx.private_unlabelled``."""
         opts = self.options
-        return list(
-            unlabelled_batches(
-                ctx.private_unlabelled, opts.batch_size, ctx, opts.unlabelled_batches_per_epoch
-            )
-        )
+        return unlabelled_batches(ctx, opts.batch_size, opts.unlabelled_batches_per_epoch)
 
     # ------------------------------------------------------------------ selection
 

@@ -1,14 +1,15 @@
 """Chunked squared distances and k-means++ seeding shared by the diversity strategies.
 
 Core-set, BADGE and k-means all need squared Euclidean distances between many points
-and a few centres. They are computed from inner products with the expansion
+and some centres. They are computed from inner products with the expansion
 
     ||a - b||^2 = ||a||^2 + ||b||^2 - 2 <a, b>,
 
-one ``chunk_size x chunk_size`` block at a time, so no ``N x N`` (or ``N x k`` for large
-``k``) matrix is ever held. The points live in an :class:`EmbeddingSpace`, which only has
-to provide squared norms and inner products: plain vectors (:class:`EuclideanSpace`)
-or BADGE's factorised gradient embeddings (``strategies.badge.GradientSpace``).
+in blocks of about ``chunk_size^2`` distances, so no ``N x N`` (or ``N x k`` for large
+``k``) matrix is ever held; adding one centre costs one pass over the points. The
+points live in an :class:`EmbeddingSpace`, which only has to provide squared norms and
+inner products: plain vectors (:class:`EuclideanSpace`) or BADGE's factorised gradient
+embeddings (``strategies.badge.GradientSpace``); other strategies (LHD) reuse them.
 
 Distances are computed in float64 and values below ``SNAP_TOLERANCE * (||a||^2 +
 ||b||^2)`` (the expansion's cancellation error) are set to exactly zero, so identical
@@ -43,7 +44,8 @@ class EmbeddingSpace(Protocol):
         ...
 
     def inner(self: SpaceT, rows: slice, other: SpaceT) -> torch.Tensor:
-        """``<x_i, y_j>`` for ``i`` in ``rows`` and every point ``y_j`` of ``other``."""
+        """``<x_i, y_j>`` for ``i`` in ``rows`` and every ``y_j`` of ``other``: a new tensor
+        (callers modify it in place)."""
         ...
 
     def take(self: SpaceT, index: torch.Tensor) -> SpaceT:
@@ -81,38 +83,53 @@ def nearest_centres(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For every point: the squared distance to its nearest centre and that centre's index.
 
-    Blocks of ``chunk_size`` points by ``chunk_size`` centres; ties go to the lower
-    centre index. Returns ``(min_sq_distance, argmin)``, each of shape ``(N,)``.
+    Centres are taken ``chunk_size`` at a time and points in blocks of about
+    ``chunk_size^2`` distances; ties go to the lower centre index. Returns
+    ``(min_sq_distance, argmin)``, each of shape ``(N,)``.
     """
-    norms, centre_norms = space.sq_norms, centres.sq_norms
+    norms = space.sq_norms
     best = torch.full((len(space),), float("inf"), dtype=norms.dtype, device=norms.device)
     arg = torch.zeros(len(space), dtype=torch.long, device=norms.device)
     for start in range(0, len(centres), chunk_size):
         block = centres.take(torch.arange(start, min(start + chunk_size, len(centres))))
-        block_norms = centre_norms[start : start + chunk_size]
-        for row in range(0, len(space), chunk_size):
-            rows = slice(row, row + chunk_size)
-            sq = _snap(norms[rows, None], block_norms[None, :], space.inner(rows, block))
-            value, index = sq.min(dim=1)
+        step = max(chunk_size, chunk_size * chunk_size // len(block))
+        for row in range(0, len(space), step):
+            rows = slice(row, row + step)
+            value, index = sq_distances(space, block, rows).min(dim=1)
             better = value < best[rows]
             best[rows] = torch.where(better, value, best[rows])
             arg[rows] = torch.where(better, index + start, arg[rows])
     return best, arg
 
 
+def sq_distances(space: SpaceT, centres: SpaceT, rows: slice = slice(None)) -> torch.Tensor:
+    """All squared distances from the points at ``rows`` to ``centres``, one block.
+
+    Shape ``(len(rows), len(centres))``: callers keep the block small (few centres, or
+    few rows). Cancellation noise is snapped to zero (see the module docstring).
+    """
+    scale = space.sq_norms[rows, None] + centres.sq_norms[None, :]
+    sq = space.inner(rows, centres).mul_(-2.0).add_(scale)
+    return sq.masked_fill_(sq <= scale.mul_(SNAP_TOLERANCE), 0.0)
+
+
 def sq_distances_to(
     space: SpaceT, point: int, chunk_size: int = DEFAULT_CHUNK_SIZE
 ) -> torch.Tensor:
-    """Squared distances from every point of ``space`` to its point ``point``."""
+    """Squared distances from every point of ``space`` to its point ``point``, ``(N,)``.
+
+    The running-minimum update of farthest-first traversal and k-means++: one pass over
+    the points in blocks of ``chunk_size^2`` rows.
+    """
     centre = space.take(torch.tensor([point]))
-    return nearest_centres(space, centre, chunk_size)[0]
-
-
-def _snap(row_norms: torch.Tensor, col_norms: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
-    """``||a||^2 + ||b||^2 - 2<a,b>``, with cancellation noise snapped to zero."""
-    scale = row_norms + col_norms
-    sq = scale - 2.0 * inner
-    return torch.where(sq > SNAP_TOLERANCE * scale, sq, torch.zeros_like(sq))
+    step = chunk_size * chunk_size
+    if len(space) <= step:
+        return sq_distances(space, centre)[:, 0]
+    blocks = [
+        sq_distances(space, centre, slice(row, row + step))[:, 0]
+        for row in range(0, len(space), step)
+    ]
+    return torch.cat(blocks)
 
 
 def kmeans_plus_plus(

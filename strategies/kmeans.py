@@ -23,6 +23,7 @@ from strategies.distances import (
     as_float64,
     kmeans_plus_plus,
     nearest_centres,
+    sq_distances,
 )
 from strategies.options import require_positive
 from strategies.registry import register
@@ -49,14 +50,20 @@ def lloyd(
 
 
 def nearest_distinct(space: EuclideanSpace, centroids: torch.Tensor, chunk_size: int) -> np.ndarray:
-    """For each centroid in order, the nearest point not chosen for an earlier centroid."""
+    """For each centroid in order, the nearest point not chosen for an earlier centroid.
+
+    Distances to blocks of centroids are computed at once (about ``chunk_size^2``
+    values per block); ties go to the lowest position.
+    """
     taken = torch.zeros(len(space), dtype=torch.bool, device=centroids.device)
     picks = []
-    for centroid in centroids:
-        sq = nearest_centres(space, EuclideanSpace(centroid.unsqueeze(0)), chunk_size)[0]
-        pick = int(sq.masked_fill(taken, float("inf")).argmin())
-        taken[pick] = True
-        picks.append(pick)
+    step = max(1, chunk_size * chunk_size // len(space))
+    for start in range(0, len(centroids), step):
+        block = sq_distances(space, EuclideanSpace(centroids[start : start + step]))
+        for column in block.T:
+            pick = int(column.masked_fill(taken, float("inf")).argmin())
+            taken[pick] = True
+            picks.append(pick)
     return np.asarray(picks, dtype=np.int64)
 
 

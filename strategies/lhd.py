@@ -19,13 +19,17 @@ applies no normalisation to ``dl``, ``dh`` or ``lh``; neither does this module.
 
 Readings of the paper fixed here:
 
-- *Which network is the main model.* The paper's main model is the classifier itself.
-  Here the runtime's classifier (``ctx.model``) is read-only, so the strategy keeps a
-  private ``main``/``ema`` pair. ``backbone = "helper"`` (default) starts both from a
-  deep copy of ``ctx.model`` the first time (same architecture, warm-started from the
-  classifier, valid for every dataset incl. the 2-D toys); a model name starts both
-  from a fresh ``ctx.build_model(name)``. The EMA starts equal to the main model
-  (line 2: "updating the initial EMA model F_theta_1").
+- *Which network is the main model.* The paper's main model is the classifier itself,
+  trained from initialisation in the first round (line 2). Here the runtime's
+  classifier (``ctx.model``) is read-only, so the strategy keeps a private
+  ``main``/``ema`` pair, built the first time from the ``backbone`` option:
+  ``"helper-init"`` (default) is a deep copy of ``ctx.model`` re-initialised with each
+  layer's ``reset_parameters`` (the helper's architecture, so it fits every dataset
+  incl. the 2-D toys, trained from scratch as in the paper; ResNet convolutions get
+  PyTorch's default initialisation instead of :mod:`fedal.models`' Kaiming-normal);
+  ``"helper"`` is a deep copy keeping the helper's trained weights (warm start); a
+  model name is a fresh ``ctx.build_model(name)``. The EMA starts equal to the main
+  model (line 2: "updating the initial EMA model F_theta_1").
 - *Across rounds.* Line 14 trains ``F_theta_{t+1}`` from ``F_theta_t`` and carries
   ``F_beta`` on: the pair persists through :meth:`LHD.state_dict` (``main.*``,
   ``ema.*``) and every ``fit`` continues it. The Adam optimizer restarts each ``fit``.
@@ -73,6 +77,7 @@ from strategies.registry import register
 from strategies.scoring import predict_embeddings
 
 HELPER_BACKBONE = "helper"
+FRESH_HELPER_BACKBONE = "helper-init"
 SEED_BOUND = 2**62
 
 
@@ -81,8 +86,10 @@ class LHDOptions:
     """``[query.options]`` of ``lhd`` (paper values from appendix B, "Training setup").
 
     - ``ema_decay``: alpha of the EMA update (paper: 0.999).
-    - ``backbone``: ``"helper"`` (a copy of the scoring model) or a model name for
-      ``ctx.build_model`` (paper: the classifier itself, ResNet on CIFAR-10/SVHN).
+    - ``backbone``: ``"helper-init"`` (the scoring model's architecture, re-initialised),
+      ``"helper"`` (a copy of the scoring model, trained weights kept) or a model name
+      for ``ctx.build_model`` (paper: the classifier itself from initialisation, a
+      ResNet on CIFAR-10/SVHN).
     - ``epochs``: passes over the labelled set per ``fit`` (paper: 500; the default is
       small so that one ``fit`` stays cheap on a CPU; experiment configs set more).
     - ``lr``: Adam learning rate (paper: 1e-4).
@@ -91,14 +98,14 @@ class LHDOptions:
     """
 
     ema_decay: float = 0.999
-    backbone: str = HELPER_BACKBONE
+    backbone: str = FRESH_HELPER_BACKBONE
     epochs: int = 10
     lr: float = 1e-4
     batch_size: int = 64
     chunk_size: int = DEFAULT_CHUNK_SIZE
 
     def __post_init__(self) -> None:
-        backbones = [HELPER_BACKBONE, *available_models()]
+        backbones = [FRESH_HELPER_BACKBONE, HELPER_BACKBONE, *available_models()]
         checks = [
             ("ema_decay", 0 <= self.ema_decay < 1, "0 <= value < 1"),
             ("backbone", self.backbone in backbones, ", ".join(backbones)),
@@ -165,6 +172,13 @@ def _torch_rng_from(rng: np.random.Generator) -> Iterator[None]:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         yield
+
+
+def _reinitialise(model: nn.Module) -> None:
+    """Fresh weights (and BatchNorm statistics) for every layer that can reset itself."""
+    for module in model.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
 
 
 @register
@@ -248,10 +262,13 @@ class LHD(QueryStrategy):
 
     def _new_pair(self, ctx: RoundContext) -> nn.ModuleDict:
         """``main`` from the backbone option, ``ema`` an exact copy of it (line 2)."""
-        if self.options.backbone == HELPER_BACKBONE:
+        backbone = self.options.backbone
+        if backbone in (HELPER_BACKBONE, FRESH_HELPER_BACKBONE):
             main = copy.deepcopy(ctx.model)
+            if backbone == FRESH_HELPER_BACKBONE:
+                _reinitialise(main)
         else:
-            main = ctx.build_model(self.options.backbone)
+            main = ctx.build_model(backbone)
         main.requires_grad_(True).eval()
         ema = copy.deepcopy(main).requires_grad_(False)
         return nn.ModuleDict({"main": main, "ema": ema})

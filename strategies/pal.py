@@ -148,6 +148,7 @@ class PretextActiveLearning(QueryStrategy):
         opts = self.options
         lambda1, lambda2 = variant_weights(opts.variant, opts.lambda1, opts.lambda2)
         network = self._network.get(ctx)
+        # the network's output is the (N, 4, D) embeddings of the four rotations
         embeddings = predict_logits(network, ctx.candidates, ctx.device, ctx.batch_size)
         embeddings = embeddings.to(ctx.device)
         s_s = rotation_score(network.rotation_head(embeddings))

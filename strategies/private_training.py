@@ -21,7 +21,6 @@ from torch import nn
 from fedal.config import TrainingSection
 from fedal.models import available_models
 from fedal.training import crop_flip, epoch_batches, make_optimizer, wants_augmentation
-from fedal.views import SampleView
 from strategies.base import RoundContext
 
 SEED_BOUND = 2**62
@@ -94,10 +93,10 @@ def labelled_batches(
         yield inputs, view.targets(rows, ctx.device)
 
 
-def unlabelled_batches(
-    view: SampleView, batch_size: int, ctx: RoundContext, limit: int
-) -> Iterator[torch.Tensor]:
-    """One shuffled epoch of input batches of a view, at most ``limit`` of them (0 = all)."""
+def unlabelled_batches(ctx: RoundContext, batch_size: int, limit: int) -> Iterator[torch.Tensor]:
+    """One shuffled epoch of ``ctx.private_unlabelled`` input batches, at most ``limit``
+    of them (0 = all)."""
+    view = ctx.private_unlabelled
     batches = epoch_batches(len(view), batch_size, ctx.generator)
     for rows in batches[:limit] if limit else batches:
         yield view.inputs(rows, ctx.device)

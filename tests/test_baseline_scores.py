@@ -19,7 +19,12 @@ from strategies.committee import (
     vote_entropy_scores,
 )
 from strategies.coreset import greedy_k_center
-from strategies.distances import EuclideanSpace, kmeans_plus_plus, nearest_centres
+from strategies.distances import (
+    EuclideanSpace,
+    kmeans_plus_plus,
+    nearest_centres,
+    sq_distances_to,
+)
 from strategies.kmeans import lloyd, nearest_distinct
 from strategies.least_confidence import least_confidence_scores
 from strategies.margin import margin_scores
@@ -151,6 +156,8 @@ def test_chunked_nearest_centres_equal_the_explicit_computation() -> None:
 
     torch.testing.assert_close(min_sq, explicit.min(dim=1).values)
     torch.testing.assert_close(arg, explicit.argmin(dim=1))
+    to_point = sq_distances_to(EuclideanSpace(points), 7, chunk_size=2)  # blocks of 4 rows
+    torch.testing.assert_close(to_point, torch.cdist(points, points[7:8])[:, 0] ** 2)
 
 
 def test_identical_points_are_at_distance_exactly_zero() -> None:

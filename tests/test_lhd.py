@@ -103,10 +103,11 @@ def test_seeding_is_reproducible_per_seed_and_depends_on_it() -> None:
 # ---------------------------------------------------------------- the strategy
 
 
-def test_fit_trains_main_keeps_ema_as_the_average_and_leaves_ctx_model_alone() -> None:
+def test_fit_trains_main_moves_the_ema_and_leaves_ctx_model_alone() -> None:
     ctx = make_context()
     original = {key: value.clone() for key, value in ctx.model.state_dict().items()}
-    strategy = build_strategy("lhd", {"epochs": 3, "batch_size": 8, "ema_decay": 0.5})
+    options = {"backbone": "helper", "epochs": 3, "batch_size": 8, "ema_decay": 0.5}
+    strategy = build_strategy("lhd", options)
     strategy.fit(ctx)
     state = strategy.state_dict()
     for key, value in ctx.model.state_dict().items():
@@ -135,12 +136,22 @@ def test_select_without_fit_works() -> None:
     assert len(np.unique(picks)) == 5 and picks.max() < len(ctx.candidates)
 
 
-def test_same_seed_same_selection_with_a_fresh_backbone() -> None:
-    first, strategy = run_round(seed=2, backbone="cnn")
-    second, _ = run_round(seed=2, backbone="cnn")
+@pytest.mark.parametrize("backbone", ["helper-init", "cnn"])
+def test_fresh_backbones_are_seeded_new_networks(backbone: str) -> None:
+    first, strategy = run_round(seed=2, backbone=backbone, epochs=0)
+    second, _ = run_round(seed=2, backbone=backbone, epochs=0)
     np.testing.assert_array_equal(first, second)
-    helper_weight = make_context().model.state_dict()["features.0.weight"]
-    assert not torch.equal(strategy.state_dict()["main.features.0.weight"], helper_weight)
+    state, helper = strategy.state_dict(), make_context().model.state_dict()
+    assert not torch.equal(state["main.features.0.weight"], helper["features.0.weight"])
+    assert torch.equal(state["main.features.0.weight"], state["ema.features.0.weight"])
+
+
+def test_helper_backbone_starts_from_the_helper_weights() -> None:
+    _, strategy = run_round(backbone="helper", epochs=0)
+    state = strategy.state_dict()
+    for key, value in make_context().model.state_dict().items():
+        assert torch.equal(state[f"main.{key}"], value), key
+        assert torch.equal(state[f"ema.{key}"], value), key
 
 
 def test_state_round_trips_and_the_next_round_continues_from_it() -> None:
@@ -184,7 +195,9 @@ def four_moons_context(seed: int) -> tuple[RoundContext, np.ndarray]:
     torch.manual_seed(seed)
     helper = build_for_dataset("mlp", data)
     settings = TrainingSection(epochs=50, batch_size=32, augment=False)
-    train_supervised(helper, labelled, settings, torch.device("cpu"), torch.Generator())
+    train_supervised(
+        helper, labelled, settings, torch.device("cpu"), torch.Generator().manual_seed(seed)
+    )
     ctx = RoundContext(
         model=helper,
         labelled=labelled,
