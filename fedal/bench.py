@@ -266,7 +266,10 @@ def _scorer(name: str, settings: BenchSettings, device: torch.device) -> nn.Modu
 def _context(
     scorer: nn.Module, images: Any, labels: Any, settings: BenchSettings, device: torch.device
 ) -> RoundContext:
-    """A fresh round context over the synthetic pool, seeded with ``settings.seed``."""
+    """A fresh round context over the synthetic pool, seeded with ``settings.seed``.
+
+    The global torch seed is reset too, so strategies drawing from it start alike.
+    """
     import numpy as np
     import torch
 

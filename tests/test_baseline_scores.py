@@ -29,7 +29,7 @@ from strategies.kmeans import lloyd, nearest_distinct
 from strategies.least_confidence import least_confidence_scores
 from strategies.margin import margin_scores
 from strategies.mc_dropout import mc_dropout_probs
-from strategies.scoring import predict_probs
+from strategies.scoring import predict_embeddings, predict_probs
 
 PROBS = torch.tensor([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25]])
 # Two members (rows of the first axis) on three inputs.
@@ -196,6 +196,20 @@ def test_greedy_k_center_adds_the_farthest_candidate_each_time() -> None:
     min_sq = nearest_centres(candidates, line(0.0))[0]  # labelled centre at 0
     # 10 is farthest from {0}; then 6 (4 from 10) comes before 2 (2 from 0).
     np.testing.assert_array_equal(greedy_k_center(candidates, min_sq, 3, chunk_size=2), [2, 3, 1])
+
+
+def test_coreset_without_labels_starts_farthest_from_the_mean_embedding() -> None:
+    ctx = make_context(labelled=0)
+    hidden, _ = predict_embeddings(ctx.model, ctx.candidates, ctx.device, ctx.batch_size)
+    farthest = int(((hidden - hidden.mean(dim=0)) ** 2).sum(dim=1).argmax())
+    assert build_strategy("coreset").select(ctx, 3)[0] == farthest
+
+
+def test_badge_starts_from_the_largest_gradient_norm() -> None:
+    ctx = make_context()
+    hidden, logits = predict_embeddings(ctx.model, ctx.candidates, ctx.device, ctx.batch_size)
+    norms = gradient_space(torch.softmax(logits.double(), dim=1), hidden.double()).sq_norms
+    assert build_strategy("badge").select(ctx, 3)[0] == int(norms.argmax())
 
 
 def test_kmeans_plus_plus_never_repeats_and_fills_duplicates_at_random() -> None:

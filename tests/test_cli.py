@@ -5,26 +5,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from fedal.cli import main
 from fedal.config import load_config
 from fedal.results import RunRecorder
 
 DEMO = str(Path(__file__).resolve().parents[1] / "experiments" / "configs" / "demo.toml")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """Train on one thread: on a shared 2-core machine, two threads oversubscribe badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:

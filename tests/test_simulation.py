@@ -77,21 +77,35 @@ def test_same_seed_same_run_and_other_seed_differs(
     assert not np.array_equal(read_ledger(other), read_ledger(baseline))
 
 
+STRICT_VARIANTS = {
+    "entropy": (),
+    "psl+finetune": (
+        'query.strategy="psl"',
+        "training.finetune=true",
+        "training.finetune_gamma=0.3",
+        "query.options.epochs=1",
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", list(STRICT_VARIANTS))
 def test_protected_pixels_never_influence_uploads_or_ledger(
-    baseline: Path, tmp_path: Path, data_dir: Path
+    variant: str, baseline: Path, tmp_path: Path, data_dir: Path
 ) -> None:
-    config = tiny_config(data_dir, tmp_path)
+    overrides = STRICT_VARIANTS[variant]
+    config = tiny_config(data_dir, tmp_path, *overrides)
+    original = run(config, tmp_path / "original") if overrides else baseline
     protected = protected_indices(config)
     assert len(protected) > 0.8 * TRAIN_COUNT
     images = load_dataset("fashion-mnist", str(data_dir)).train_x[:, 0].copy()
     images[protected] = 255 - images[protected]
     perturbed_dir = write_small_fashion_mnist(tmp_path / "perturbed", train_images=images)
-    perturbed = run(tiny_config(perturbed_dir, tmp_path), tmp_path / "perturbed-run")
+    perturbed = run(tiny_config(perturbed_dir, tmp_path, *overrides), tmp_path / "perturbed-run")
 
-    assert np.isin(read_ledger(baseline)[:, 2], protected).sum() == 0
-    assert np.array_equal(read_ledger(perturbed), read_ledger(baseline))
-    original, changed = uploads(baseline), uploads(perturbed)
-    assert original.keys() == changed.keys()
-    for name, arrays in original.items():
+    assert np.isin(read_ledger(original)[:, 2], protected).sum() == 0
+    assert np.array_equal(read_ledger(perturbed), read_ledger(original))
+    before, after = uploads(original), uploads(perturbed)
+    assert before.keys() == after.keys()
+    for name, arrays in before.items():
         for key, value in arrays.items():
-            assert np.array_equal(value, changed[name][key]), f"{name}:{key} changed"
+            assert np.array_equal(value, after[name][key]), f"{name}:{key} changed"

@@ -3,8 +3,6 @@ Fashion-MNIST subset, the crop/flip augmentation, schedules and the proximal ter
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -25,15 +23,6 @@ from fedal.training import (
 from fedal.views import InputSpec, SampleView
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """Train on one thread: on a shared 2-core machine, two threads oversubscribe badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
