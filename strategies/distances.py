@@ -154,9 +154,8 @@ def kmeans_plus_plus(
     chosen = [first]
     min_sq = sq_distances_to(space, first, chunk_size)
     while len(chosen) < count:
-        weights = min_sq.cpu().numpy()
-        weights[chosen] = 0.0
-        cumulative = np.cumsum(weights)
+        min_sq[chosen[-1]] = 0.0  # exactly zero, whatever the rounding: never drawn again
+        cumulative = np.cumsum(min_sq.cpu().numpy())
         if cumulative[-1] <= 0.0:
             return _fill_at_random(np.asarray(chosen, dtype=np.int64), len(space), count, rng)
         pick = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))

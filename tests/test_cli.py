@@ -101,6 +101,8 @@ def test_plot_overlays_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
                 "client": 0,
                 "num-examples": 10 * server_round,
                 "labels-used": 10 * server_round,
+                "new-labels": 0,
+                "new-noisy": 0,
                 "ledger-round": [],
                 "ledger-index": [],
                 "ledger-label": [],
