@@ -1,0 +1,29 @@
+"""Every experiment config loads and validates; every paper-scale config has a CPU twin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedal.config import load_config
+from fedal.preflight import check_strategy
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "experiments" / "configs").glob("*.toml"))
+OFFLINE = {"fashion-mnist", "mnist", "moons", "four-moons"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.stem)
+def test_config_loads_and_its_strategy_accepts_its_options(path: Path) -> None:
+    config = load_config(path)
+    check_strategy(config)
+
+
+def test_every_paper_scale_config_has_a_cpu_twin_on_offline_data() -> None:
+    names = {path.stem for path in CONFIGS}
+    twins = {name for name in names if name.endswith("_cpu")}
+    for twin in twins:
+        assert twin.removesuffix("_cpu") in names
+        assert load_config(CONFIGS[0].parent / f"{twin}.toml").data.dataset in OFFLINE
+    paper_scale = {name for name in names if f"{name}_cpu" in names}
+    assert paper_scale == {twin.removesuffix("_cpu") for twin in twins}
