@@ -20,8 +20,6 @@ def _config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         overrides.append(f"data.num_clients={args.clients}")
     if getattr(args, "rounds", None):
         overrides.append(f"federation.rounds={args.rounds}")
-    if getattr(args, "strategy", None):
-        overrides.append(f'query.strategy="{args.strategy}"')
     if getattr(args, "seed", None) is not None:
         overrides.append(f"experiment.seed={args.seed}")
     if getattr(args, "client_cpus", None):
@@ -30,7 +28,7 @@ def _config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         overrides.append(f"federation.client_gpus={args.client_gpus}")
     if getattr(args, "data_dir", None):
         overrides.append(f'data.data_dir="{args.data_dir}"')
-    return load_config(args.config, overrides)
+    return load_config(args.config, overrides, strategy=getattr(args, "strategy", None))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

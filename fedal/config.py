@@ -236,9 +236,16 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def load_config(
-    path: str | Path | None = None, overrides: list[str] | None = None
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    strategy: str | None = None,
 ) -> ExperimentConfig:
-    """Load a TOML file (or defaults when ``path`` is None) and apply overrides."""
+    """Load a TOML file (or defaults when ``path`` is None) and apply overrides.
+
+    ``strategy`` replaces the file's query strategy; the file's ``[query.options]``
+    belong to its own strategy and are dropped when the strategy changes (options for
+    the new one can still be given as ``query.options.NAME=VALUE`` overrides).
+    """
     raw: dict[str, Any] = {}
     if path is not None:
         config_path = Path(path)
@@ -246,6 +253,10 @@ def load_config(
             raise ConfigError(f"config file {str(config_path)!r} does not exist")
         with config_path.open("rb") as handle:
             raw = tomllib.load(handle)
+    query = raw.setdefault("query", {})
+    if strategy is not None and strategy != query.get("strategy"):
+        query["strategy"] = strategy
+        query.pop("options", None)
     return from_dict(apply_overrides(raw, overrides or []))
 
 

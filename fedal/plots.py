@@ -18,7 +18,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-SEED_FREE_IGNORED = {("experiment", "seed"), ("experiment", "output_dir"), ("experiment", "name")}
+SEED_FREE_IGNORED = {
+    ("experiment", "seed"),
+    ("experiment", "output_dir"),
+    ("experiment", "run_dir"),
+    ("experiment", "name"),
+}
 
 
 def run_config(run_dir: Path) -> dict:

@@ -34,9 +34,7 @@ def run_grid(
     run_dirs = []
     for strategy in strategies:
         for seed in seeds:
-            config = load_config(
-                config_path, [*overrides, f'query.strategy="{strategy}"', f"experiment.seed={seed}"]
-            )
+            config = load_config(config_path, [*overrides, f"experiment.seed={seed}"], strategy)
             preflight(config)
             run_dir = new_run_dir(config)
             print(f"== {strategy} seed {seed} -> {run_dir}", flush=True)
