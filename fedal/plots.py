@@ -59,26 +59,47 @@ def group_runs(run_dirs: Sequence[Path]) -> dict[str, list[Path]]:
     return groups
 
 
-def _label(runs: list[Path], all_names: set[str]) -> str:
-    config = run_config(runs[0])
-    label = config["query"]["strategy"]
-    if len(all_names) > 1:
-        label = f"{label} ({config['experiment']['name']})"
-    return f"{label}, n={len(runs)}" if len(runs) > 1 else label
+def _flat_settings(config: dict) -> dict[str, object]:
+    """``section.key`` (and ``query.options.key``) -> value, seed-free."""
+    flat: dict[str, object] = {}
+    for section, values in config.items():
+        for key, value in values.items():
+            if (section, key) in SEED_FREE_IGNORED:
+                continue
+            if isinstance(value, dict):
+                flat.update({f"{section}.{key}.{k}": v for k, v in value.items()})
+            else:
+                flat[f"{section}.{key}"] = value
+    return flat
+
+
+def group_labels(groups: Sequence[list[Path]]) -> list[str]:
+    """Legend labels: the strategy, plus what differs between groups of the same strategy."""
+    settings = [_flat_settings(run_config(runs[0])) for runs in groups]
+    labels = []
+    for runs, flat in zip(groups, settings, strict=True):
+        peers = [other for other in settings if other["query.strategy"] == flat["query.strategy"]]
+        keys = sorted({key for other in peers for key in other})
+        varying = [key for key in keys if len({repr(other.get(key)) for other in peers}) > 1]
+        parts = [str(flat["query.strategy"])]
+        parts += [f"{key.rsplit('.', 1)[-1]}={flat.get(key)}" for key in varying]
+        label = ", ".join(parts)
+        labels.append(f"{label} (n={len(runs)})" if len(runs) > 1 else label)
+    return labels
 
 
 def plot_runs(run_dirs: Sequence[Path], output: Path, title: str | None = None) -> Path:
     """Overlay runs (mean and std band per seed group) and save a PNG."""
     run_dirs = [Path(run_dir) for run_dir in run_dirs]
-    names = {run_config(run_dir)["experiment"]["name"] for run_dir in run_dirs}
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    for runs in group_runs(run_dirs).values():
+    groups = list(group_runs(run_dirs).values())
+    for runs, legend in zip(groups, group_labels(groups), strict=True):
         curves = [_curve(run) for run in runs]
         length = min(len(x) for x, _ in curves)
         labels = np.mean([x[:length] for x, _ in curves], axis=0)
         accuracy = np.array([y[:length] for _, y in curves])
         mean = accuracy.mean(axis=0)
-        (line,) = axes.plot(labels, mean, marker="o", markersize=3, label=_label(runs, names))
+        (line,) = axes.plot(labels, mean, marker="o", markersize=3, label=legend)
         if len(runs) > 1:
             std = accuracy.std(axis=0)
             axes.fill_between(labels, mean - std, mean + std, alpha=0.2, color=line.get_color())
