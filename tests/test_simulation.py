@@ -85,6 +85,9 @@ STRICT_VARIANTS = {
         "training.finetune_gamma=0.3",
         "query.options.epochs=1",
     ),
+    "pal": ('query.strategy="pal"', "query.options.epochs=1"),
+    "lhd": ('query.strategy="lhd"', "query.options.epochs=1"),
+    "ads": ('query.strategy="ads"', "query.options.epochs=1"),
 }
 
 
