@@ -73,12 +73,12 @@ from strategies.distances import (
     as_float64,
     kmeans_plus_plus,
 )
+from strategies.private_training import SEED_BOUND, PrivateNetwork
 from strategies.registry import register
 from strategies.scoring import predict_embeddings
 
 HELPER_BACKBONE = "helper"
 FRESH_HELPER_BACKBONE = "helper-init"
-SEED_BOUND = 2**62
 
 
 @dataclass(frozen=True)
@@ -194,8 +194,7 @@ class LHD(QueryStrategy):
 
     def __init__(self, options: Mapping[str, object] | None = None) -> None:
         super().__init__(options)
-        self._pair: nn.ModuleDict | None = None
-        self._pending: dict[str, torch.Tensor] = {}
+        self._pair: PrivateNetwork[nn.ModuleDict] = PrivateNetwork(self._new_pair)
 
     # ------------------------------------------------------------------ training
 
@@ -250,15 +249,8 @@ class LHD(QueryStrategy):
 
     def _models(self, ctx: RoundContext) -> nn.ModuleDict:
         """The ``main``/``ema`` pair on ``ctx.device``, created on first use (then given any
-        loaded state). One seed is drawn from ``ctx.rng`` on every call, created or not,
-        so a restored strategy consumes the round's randomness like the original."""
-        with _torch_rng_from(ctx.rng):
-            if self._pair is None:
-                self._pair = self._new_pair(ctx)
-        if self._pending:
-            self._pair.load_state_dict(self._pending)
-            self._pending = {}
-        return self._pair.to(ctx.device)
+        loaded state); see :class:`strategies.private_training.PrivateNetwork`."""
+        return self._pair.get(ctx)
 
     def _new_pair(self, ctx: RoundContext) -> nn.ModuleDict:
         """``main`` from the backbone option, ``ema`` an exact copy of it (line 2)."""
@@ -275,16 +267,11 @@ class LHD(QueryStrategy):
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Both networks as ``main.<name>`` / ``ema.<name>`` (empty before they exist)."""
-        if self._pair is None:
-            return dict(self._pending)
-        return {key: value.detach().cpu().clone() for key, value in self._pair.state_dict().items()}
+        return self._pair.state_dict()
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Restore what :meth:`state_dict` returned (applied once the pair exists)."""
         unknown = sorted({key.split(".", 1)[0] for key in state} - {"main", "ema"})
         if unknown:
             raise ValueError(f"lhd: saved state has unknown model(s) {unknown}")
-        if self._pair is None:
-            self._pending = dict(state)
-        elif state:
-            self._pair.load_state_dict(state)
+        self._pair.load_state_dict(state)
