@@ -18,7 +18,7 @@ from flower_processes import (
     wait_for_port,
 )
 
-from fedal.config import from_flat, load_config
+from fedal.config import flatten, from_flat, load_config
 from fedal.results import read_ledger, read_rounds
 
 if sys.version_info >= (3, 11):
@@ -66,7 +66,9 @@ def test_app_config_equals_the_demo_config() -> None:
         for section, values in app_config.items()
         for key, value in values.items()
     }
-    assert from_flat(flat) == load_config(REPO / "experiments/configs/demo.toml")
+    demo = load_config(REPO / "experiments/configs/demo.toml")
+    assert from_flat(flat) == demo
+    assert set(flat) == set(flatten(demo)), "every field must be overridable by --run-config"
 
 
 @pytest.fixture()
