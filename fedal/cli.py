@@ -121,6 +121,9 @@ def cmd_table(args: argparse.Namespace) -> int:
     """Print the mean ± std table of finished runs (grouped by everything but the seed)."""
     from fedal.sweep import markdown_table, summary_rows
 
+    for run_dir in args.run_dirs:
+        if not (Path(run_dir) / "summary.json").is_file():
+            raise ConfigError(f"{run_dir}: not a finished fedal run (no summary.json)")
     print(markdown_table(summary_rows([Path(run) for run in args.run_dirs])))
     return 0
 
