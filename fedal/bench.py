@@ -89,7 +89,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
     sampling.add_argument("--pool", type=int, default=defaults.pool, help="candidate images")
     sampling.add_argument("--budget", type=int, default=defaults.budget, help="labels to select")
     sampling.add_argument("--labelled", type=int, default=defaults.labelled)
-    sampling.add_argument("--strategies", help="comma-separated names (default: all)")
+    sampling.add_argument("--strategies", "--strategy", help="comma-separated names (default: all)")
     sampling.add_argument("--models", default="resnet8", help="scorers, e.g. resnet8,resnet18")
     sampling.add_argument("--output", default="bench.json", help="JSON results file")
     sampling.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:1")
