@@ -20,6 +20,7 @@ from clients.state import (
     save_strategy_state,
 )
 from fedal.config import from_flat
+from fedal.corruptions import experiment_data
 from fedal.shards import load_experiment
 from fedal.training import default_device
 from strategies import build_strategy
@@ -52,18 +53,21 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(config_record["server-round"])
     config = from_flat(dict(config_record))
     client = partition_of(context, config.data.num_clients)
-    experiment = load_experiment(config)
-
+    book = load_book(context.state)
     pool = load_pool(context.state, client)
-    if pool is None:
+    if pool is None:  # first round: partition once, then the pool lives in the state
+        experiment = load_experiment(config)
         pool = experiment.new_pool(config, client)
+        dataset = experiment.dataset
+        book["total-noisy"] = sum(len(block) for block in experiment.noisy)
+    else:
+        dataset = experiment_data(config, book["total-noisy"])
     strategy = build_strategy(config.query.strategy, config.query.options)
     strategy.load_state_dict(load_strategy_state(context.state))
-    book = load_book(context.state)
 
     outcome = run_client_round(
         config,
-        experiment.dataset,
+        dataset,
         pool,
         strategy,
         msg.content["arrays"].to_torch_state_dict(),

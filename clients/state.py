@@ -2,7 +2,7 @@
 
 Stored: the pool (shard, protected mask, labelled set, the labels the oracle returned,
 the ledger), the query strategy's private state, and bookkeeping (rounds seen, ledger
-entries reported). Random state needs no storage: every round's
+entries reported, noisy examples appended). Random state needs no storage: every round's
 generators are derived from (seed, client, round).
 """
 
@@ -55,9 +55,11 @@ def load_strategy_state(state: RecordDict) -> dict[str, torch.Tensor]:
 
 
 def load_book(state: RecordDict) -> dict[str, int]:
-    """Bookkeeping counters: ``ledger-reported`` (ledger entries already sent)."""
+    """Bookkeeping counters: ``ledger-reported`` (ledger entries already sent) and
+    ``total-noisy`` (heteroskedastic examples appended to the training set, so later
+    rounds rebuild the same dataset without re-partitioning)."""
     if BOOK_KEY not in state:
-        return {"ledger-reported": 0}
+        return {"ledger-reported": 0, "total-noisy": 0}
     return {name: int(value) for name, value in state[BOOK_KEY].items()}
 
 
