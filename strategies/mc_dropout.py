@@ -27,6 +27,7 @@ from torch import nn
 
 from fedal.models import enable_mc_dropout
 from strategies.base import RoundContext
+from strategies.scoring import inference_pass
 
 
 @torch.no_grad()
@@ -46,7 +47,7 @@ def mc_dropout_probs(ctx: RoundContext, samples: int) -> torch.Tensor:
         isinstance(module, nn.Dropout) and module is not model.dropout for module in model.modules()
     )
     outputs = []
-    with _seeded_torch_rng(_derived_seed(ctx.generator)):
+    with _seeded_torch_rng(_derived_seed(ctx.generator)), inference_pass():
         for batch in ctx.candidates.batches(ctx.batch_size, ctx.device):
             hidden = None if trunk_is_stochastic else model.embed(batch)
             logits = [

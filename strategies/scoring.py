@@ -1,11 +1,63 @@
-"""Batched inference over a sample view: logits, probabilities and embeddings."""
+"""Batched inference over a sample view: logits, probabilities and embeddings.
+
+Every network pass over a view runs inside :func:`inference_pass`, so an
+:func:`inference_clock` (used by ``fedal bench sampling``) can tell the time a strategy
+spends in forward passes from the selection work it does with their outputs.
+"""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from fedal.views import SampleView
+
+
+@dataclass
+class InferenceClock:
+    """Wall seconds and number of network passes over sample views while it is active."""
+
+    seconds: float = 0.0
+    passes: int = 0
+    running: bool = False
+
+
+_ACTIVE_CLOCK: ContextVar[InferenceClock | None] = ContextVar("inference_clock", default=None)
+
+
+@contextmanager
+def inference_clock() -> Iterator[InferenceClock]:
+    """Count every :func:`inference_pass` that runs inside the ``with`` block."""
+    clock = InferenceClock()
+    token = _ACTIVE_CLOCK.set(clock)
+    try:
+        yield clock
+    finally:
+        _ACTIVE_CLOCK.reset(token)
+
+
+@contextmanager
+def inference_pass() -> Iterator[None]:
+    """Mark one network pass over a view; outputs must be on the CPU when it ends (a
+    device-to-host copy synchronises CUDA). A pass nested in another counts once."""
+    clock = _ACTIVE_CLOCK.get()
+    if clock is None or clock.running:
+        yield
+        return
+    clock.running = True
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        clock.seconds += time.perf_counter() - started
+        clock.passes += 1
+        clock.running = False
 
 
 @torch.no_grad()
@@ -15,7 +67,8 @@ def predict_logits(
     """Logits of ``model`` (in eval mode) for every row of ``view``, on the CPU."""
     was_training = model.training
     model.eval()
-    outputs = [model(batch).float().cpu() for batch in view.batches(batch_size, device)]
+    with inference_pass():
+        outputs = [model(batch).float().cpu() for batch in view.batches(batch_size, device)]
     model.train(was_training)
     if not outputs:
         return torch.empty(0, 0)
@@ -37,10 +90,11 @@ def predict_embeddings(
     was_training = model.training
     model.eval()
     embeddings, logits = [], []
-    for batch in view.batches(batch_size, device):
-        hidden = model.embed(batch)
-        embeddings.append(hidden.float().cpu())
-        logits.append(model.head(hidden).float().cpu())
+    with inference_pass():
+        for batch in view.batches(batch_size, device):
+            hidden = model.embed(batch)
+            embeddings.append(hidden.float().cpu())
+            logits.append(model.head(hidden).float().cpu())
     model.train(was_training)
     if not embeddings:
         return torch.empty(0, 0), torch.empty(0, 0)

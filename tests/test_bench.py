@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fedal.cli import main
+from strategies.scoring import inference_clock, inference_pass
 
 ROW_FIELDS = {
     "model",
@@ -15,11 +16,15 @@ ROW_FIELDS = {
     "forward_s",
     "fit_s",
     "select_s",
-    "overhead_s",
+    "inference_s",
+    "inference_passes",
+    "selection_s",
+    "selection_ratio",
     "selected",
     "peak_rss_mib",
     "peak_cuda_mib",
     "sampling_params",
+    "meets_targets",
 }
 
 
@@ -30,7 +35,7 @@ def test_bench_sampling_writes_json_and_prints_a_table(
     status = main(
         [
             "bench", "sampling", "--pool", "64", "--budget", "8", "--labelled", "16",
-            "--strategies", "random,coreset", "--batch-size", "32", "--device", "cpu",
+            "--strategies", "random,coreset,psl", "--batch-size", "32", "--device", "cpu",
             "--output", str(output),
         ]
     )  # fmt: skip
@@ -43,13 +48,20 @@ def test_bench_sampling_writes_json_and_prints_a_table(
     assert [(row["model"], row["strategy"]) for row in report["results"]] == [
         ("resnet8", "random"),
         ("resnet8", "coreset"),
+        ("resnet8", "psl"),
     ]
     for row in report["results"]:
         assert set(row) == ROW_FIELDS
         assert row["selected"] == 8
         assert row["peak_cuda_mib"] is None
         assert row["sampling_params"] > 0
-        assert row["overhead_s"] >= 0
+        assert row["selection_s"] == pytest.approx(row["select_s"] - row["inference_s"])
+        assert row["selection_ratio"] == pytest.approx(row["selection_s"] / row["forward_s"])
+        assert isinstance(row["meets_targets"], bool)
+    passes = {row["strategy"]: row["inference_passes"] for row in report["results"]}
+    # random runs no network; coreset embeds the pool and the labelled set; PSL runs
+    # one pass per peer (two by default)
+    assert passes == {"random": 0, "coreset": 2, "psl": 2}
     printed = capsys.readouterr().out
     for text in ("sampling bench", "strategy", "random", "coreset", "resnet8", str(output)):
         assert text in printed
@@ -66,3 +78,17 @@ def test_bench_rejects_bad_settings_before_running(
     assert main(["bench", "sampling", option, value, "--output", str(output)]) == 2
     assert value in capsys.readouterr().err
     assert not output.exists()
+
+
+def test_inference_clock_counts_outermost_passes_inside_its_block() -> None:
+    with inference_clock() as clock:
+        with inference_pass(), inference_pass():
+            pass
+        with inference_pass():
+            pass
+    with inference_pass():
+        pass
+
+    assert clock.passes == 2
+    assert clock.seconds >= 0
+    assert not clock.running
