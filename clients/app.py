@@ -7,7 +7,7 @@ arrays and a ``MetricRecord``. Nothing else leaves the client.
 
 from __future__ import annotations
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.round import run_client_round
@@ -21,6 +21,7 @@ from clients.state import (
 )
 from fedal.config import from_flat
 from fedal.corruptions import experiment_data
+from fedal.participation import CLIENT_ID_ACTION, CLIENT_ID_KEY, NUM_CLIENTS_KEY
 from fedal.shards import load_experiment
 from fedal.training import default_device
 from strategies import build_strategy
@@ -44,6 +45,14 @@ def partition_of(context: Context, num_clients: int) -> int:
             f"data.num_clients={num_clients}"
         )
     return partition
+
+
+@app.query(CLIENT_ID_ACTION)
+def client_id(msg: Message, context: Context) -> Message:
+    """Tell the server this node's client id (for reproducible client sampling)."""
+    num_clients = int(msg.content["config"][NUM_CLIENTS_KEY])
+    answer = ConfigRecord({CLIENT_ID_KEY: partition_of(context, num_clients)})
+    return Message(content=RecordDict({"client": answer}), reply_to=msg)
 
 
 @app.train()

@@ -20,6 +20,7 @@ from flwr.serverapp.strategy import FedAvg, FedAvgM, FedProx
 from fedal.config import ExperimentConfig, flatten, from_flat
 from fedal.datasets import LoadedDataset
 from fedal.models import build_for_dataset
+from fedal.participation import Participation
 from fedal.progress import RoundProgress
 from fedal.results import PLOT_FILE, RunRecorder, new_run_dir
 from fedal.shards import (
@@ -112,14 +113,25 @@ def reply_client(reply: Message) -> int:
 
 
 def strict_and_ordered(strategy_class: type[FedAvg]) -> type[FedAvg]:
-    """The Flower strategy class, aggregating replies in client order and failing fast.
+    """The Flower strategy class, sampling and aggregating in client order, failing fast.
 
-    Replies arrive in completion order; floating-point sums depend on order, so sorting
+    Clients are drawn reproducibly (see :mod:`fedal.participation`). Replies arrive in
+    completion order; floating-point sums depend on order, so sorting
     by client makes the aggregate bit-reproducible. Any error reply stops the run rather
     than silently averaging fewer helpers.
     """
 
     class StrictOrdered(strategy_class):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, participation: Participation, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.participation = participation
+
+        def configure_train(
+            self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+        ) -> Iterable[Message]:
+            ordered = self.participation.grid_for_round(grid, server_round)
+            return super().configure_train(server_round, arrays, config, ordered)
+
         def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> Any:
             replies = list(replies)
             failed = [reply for reply in replies if reply.has_error()]
@@ -144,6 +156,7 @@ def aggregation_strategy(config: ExperimentConfig, reports: ClientReports) -> Fe
         "min_evaluate_nodes": 0,
         "min_available_nodes": config.data.num_clients,
         "train_metrics_aggr_fn": reports,
+        "participation": Participation(config.experiment.seed, config.data.num_clients),
     }
     builders: dict[str, Callable[[], FedAvg]] = {
         "fedavg": lambda: strict_and_ordered(FedAvg)(**common),

@@ -112,3 +112,21 @@ def test_protected_pixels_never_influence_uploads_or_ledger(
     for name, arrays in before.items():
         for key, value in arrays.items():
             assert np.array_equal(value, after[name][key]), f"{name}:{key} changed"
+
+
+def test_partial_participation_draws_the_same_clients_every_run(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    overrides = ("data.num_clients=4", "federation.fraction_train=0.5", "federation.rounds=3")
+
+    def participants(run_dir: Path) -> list[list[int]]:
+        return [sorted(c["client"] for c in row["clients"]) for row in read_rounds(run_dir)[1:]]
+
+    first = run(tiny_config(data_dir, tmp_path, *overrides), tmp_path / "first")
+    second = run(tiny_config(data_dir, tmp_path, *overrides), tmp_path / "second")
+
+    drawn = participants(first)
+    assert all(len(clients) == 2 for clients in drawn)
+    assert len({tuple(clients) for clients in drawn}) > 1, "every round trained the same pair"
+    assert participants(second) == drawn
+    assert np.array_equal(read_ledger(second), read_ledger(first))

@@ -1,0 +1,79 @@
+"""Reproducible client sampling for partial participation (``federation.fraction_train < 1``).
+
+Flower's strategies sample ``random.sample(list(grid.get_node_ids()), k)``. Node ids are
+random per run (simulation) or per connection (deployment), so on their own the same
+seed would pick different clients in different runs. :class:`Participation` fixes both
+inputs of that draw: it asks every node once for its client id (a ``query.client_id``
+message, answered by :mod:`clients.app` from the node's ``partition-id``), lists the
+nodes to the strategy in client-id order, and seeds Python's ``random`` from the
+experiment seed and the round right before Flower samples. The same seed then trains the
+same clients in every round of every run.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+CLIENT_ID_ACTION = "client_id"
+CLIENT_ID_QUERY = f"{MessageType.QUERY}.{CLIENT_ID_ACTION}"
+CLIENT_ID_KEY = "client"
+NUM_CLIENTS_KEY = "num-clients"
+
+
+class Participation:
+    """The seed of the per-round client draw and the node -> client-id directory."""
+
+    def __init__(self, seed: int, num_clients: int) -> None:
+        self.seed = seed
+        self.num_clients = num_clients
+        self.node_clients: dict[int, int] = {}
+
+    def grid_for_round(self, grid: Grid, server_round: int) -> ClientOrderedGrid:
+        """Seed this round's draw; the grid to hand to Flower's ``configure_train``."""
+        random.seed(f"fedal-participation-{self.seed}-{server_round}")
+        return ClientOrderedGrid(grid, self)
+
+    def ordered_nodes(self, grid: Grid) -> list[int]:
+        """The connected nodes sorted by client id (unknown nodes are asked first)."""
+        nodes = list(grid.get_node_ids())
+        unknown = [node for node in nodes if node not in self.node_clients]
+        if unknown:
+            self.node_clients.update(ask_client_ids(grid, unknown, self.num_clients))
+        clients = {node: self.node_clients[node] for node in nodes}
+        if len(set(clients.values())) < len(clients):
+            raise RuntimeError(f"connected nodes share a partition-id (node: client): {clients}")
+        return sorted(nodes, key=clients.__getitem__)
+
+
+class ClientOrderedGrid:
+    """A :class:`flwr.serverapp.Grid` that lists its nodes in client-id order."""
+
+    def __init__(self, grid: Grid, participation: Participation) -> None:
+        self._grid = grid
+        self._participation = participation
+
+    def get_node_ids(self) -> Iterator[int]:
+        return iter(self._participation.ordered_nodes(self._grid))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+def ask_client_ids(grid: Grid, nodes: Iterable[int], num_clients: int) -> dict[int, int]:
+    """Each node's client id, from one ``query.client_id`` round trip."""
+    content = RecordDict({"config": ConfigRecord({NUM_CLIENTS_KEY: num_clients})})
+    messages = [
+        Message(content=content, dst_node_id=node, message_type=CLIENT_ID_QUERY) for node in nodes
+    ]
+    answers: dict[int, int] = {}
+    for reply in grid.send_and_receive(messages):
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            raise RuntimeError(f"node {node} did not tell its client id: {reply.error.reason}")
+        answers[node] = int(reply.content.config_records["client"][CLIENT_ID_KEY])
+    return answers
