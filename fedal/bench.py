@@ -37,8 +37,9 @@ What is measured, per scorer and strategy (wall clock; CUDA synchronised):
 - ``peak_cuda_mib``: ``torch.cuda.max_memory_allocated`` during fit+select minus the
   memory allocated before (tensors only, not the caching allocator's reserve); null on
   the CPU.
-- ``sampling_params``: ``strategy.sampling_parameters()`` where a strategy defines it
-  (PSL: its peers), else the scorer's trainable parameter count.
+- ``sampling_params``: ``strategy.sampling_parameters()`` where the strategy scores with
+  its own networks (PSL's peers, PAL's, ADS's and LHD's private networks), else the
+  scorer's trainable parameter count.
 """
 
 from __future__ import annotations
@@ -225,9 +226,9 @@ def _bench_strategy(name: str, ctx: RoundContext, budget: int, forward_s: float)
     row["meets_targets"] = row["selection_ratio"] <= MAX_SELECTION_RATIO and all(
         peak is None or peak < MAX_PEAK_MIB for peak in peaks.values()
     )
-    sampling_parameters = getattr(strategy, "sampling_parameters", None)
+    own_parameters = strategy.sampling_parameters()
     row["sampling_params"] = (
-        sampling_parameters() if callable(sampling_parameters) else count_parameters(ctx.model)
+        count_parameters(ctx.model) if own_parameters is None else own_parameters
     )
     return row
 

@@ -279,6 +279,10 @@ class AgreementDiscrepancySelection(QueryStrategy):
 
     # ------------------------------------------------------------------ state
 
+    def sampling_parameters(self) -> int:
+        """The twin-head network's trainable parameters."""
+        return self._network.parameter_count()
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The twin-head network's weights and buffers (empty before it exists)."""
         return self._network.state_dict()

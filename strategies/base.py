@@ -68,6 +68,11 @@ class QueryStrategy(ABC):
     def select(self, ctx: RoundContext, budget: int) -> np.ndarray:
         """Return ``min(budget, len(ctx.candidates))`` distinct positions into candidates."""
 
+    def sampling_parameters(self) -> int | None:
+        """Trainable parameters of the strategy's own sampling model(s), once fitted or
+        used; ``None`` when it scores with the helper (or uses no model)."""
+        return None
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Private state that must persist across rounds (flat name -> tensor)."""
         return {}

@@ -265,6 +265,10 @@ class LHD(QueryStrategy):
         ema = copy.deepcopy(main).requires_grad_(False)
         return nn.ModuleDict({"main": main, "ema": ema})
 
+    def sampling_parameters(self) -> int:
+        """The main network's trainable parameters (the EMA copy is not trained)."""
+        return self._pair.parameter_count()
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Both networks as ``main.<name>`` / ``ema.<name>`` (empty before they exist)."""
         return self._pair.state_dict()

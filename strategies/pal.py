@@ -170,6 +170,10 @@ class PretextActiveLearning(QueryStrategy):
 
     # ------------------------------------------------------------------ state
 
+    def sampling_parameters(self) -> int:
+        """The scoring network's trainable parameters (trunk and both heads)."""
+        return self._network.parameter_count()
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The scoring network's weights and buffers (empty before it exists)."""
         return self._network.state_dict()

@@ -2,7 +2,7 @@
 
 A private network lives on the client only: it is built with ``ctx.build_model``, trained
 in ``fit`` and kept across rounds through the strategy's flat ``state_dict``; it is never
-uploaded. Shared by the strategies that keep one (PAL, ADS).
+uploaded. Shared by the strategies that keep one (PAL, ADS, LHD).
 
 Determinism: the network's initial weights come from a seed drawn from ``ctx.rng`` inside
 ``torch.random.fork_rng`` (the caller's global torch RNG is left untouched); batches are
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fedal.config import TrainingSection
-from fedal.models import available_models
+from fedal.models import available_models, count_parameters
 from fedal.training import crop_flip, epoch_batches, make_optimizer, wants_augmentation
 from strategies.base import RoundContext
 
@@ -55,6 +55,12 @@ class PrivateNetwork(Generic[Network]):
                 self._module.load_state_dict(self._pending)
                 self._pending = {}
         return self._module.to(ctx.device)
+
+    def parameter_count(self) -> int:
+        """Trainable parameters of the built network."""
+        if self._module is None:
+            raise RuntimeError("the private network does not exist yet; call fit or select")
+        return count_parameters(self._module)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Weights and buffers as CPU tensors (what was loaded, while nothing is built)."""

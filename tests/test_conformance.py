@@ -162,6 +162,15 @@ def test_state_round_trips(name: str) -> None:
     )
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_own_sampling_model_size_is_reported_after_a_round(name: str) -> None:
+    _, strategy = run(name, tiny_context(seed=5))
+    own = strategy.sampling_parameters()
+    assert own is None or (isinstance(own, int) and own > 0)
+    if strategy.state_dict():  # a strategy with private networks scores with them
+        assert own is not None
+
+
 # ------------------------------------------------------------------------ protection
 
 

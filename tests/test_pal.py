@@ -102,14 +102,18 @@ def test_subquery_sizes_split_the_budget_evenly() -> None:
 def test_finetuning_a_head_copy_teaches_it_the_chosen_rotations() -> None:
     generator = torch.Generator().manual_seed(0)
     embeddings = torch.randn(6, 4, 8, generator=generator)
+    torch.manual_seed(0)  # the head's initial weights, whatever ran before this test
     head = torch.nn.Linear(8, 4)
     original = copy.deepcopy(head.state_dict())
     tuned = copy.deepcopy(head)
-    finetune_rotation_head(tuned, torch.optim.SGD(tuned.parameters(), lr=0.5), embeddings, 30)
+    finetune_rotation_head(tuned, torch.optim.SGD(tuned.parameters(), lr=0.5), embeddings, 100)
     assert all(torch.equal(v, head.state_dict()[k]) for k, v in original.items())
     with torch.no_grad():
         before, after = rotation_score(head(embeddings)), rotation_score(tuned(embeddings))
-    assert (after < before).all()  # S_D: chosen samples now look familiar
+    # S_D: the chosen samples now look familiar (fine-tuning lowers their mean CE, so
+    # the mean score drops; a single sample may still rise a little)
+    assert after.mean() < before.mean() - 0.25
+    assert (after < before).sum() >= 5
 
 
 # ---------------------------------------------------------------- the strategy
