@@ -2,16 +2,23 @@
 
 The server sends the global task-model arrays and the flattened experiment config;
 the client runs :func:`clients.round.run_client_round` and replies with the helper's
-arrays and a ``MetricRecord``. Nothing else leaves the client.
+arrays and a ``MetricRecord``. Nothing else leaves the client. With
+``experiment.checkpoint`` it also writes its state to the run's checkpoint directory
+after each round, and a resumed run (``experiment.resume``) starts from that file.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.round import run_client_round
 from clients.state import (
+    POOL_KEY,
+    export_state,
+    import_state,
     load_book,
     load_pool,
     load_strategy_state,
@@ -19,6 +26,7 @@ from clients.state import (
     save_pool,
     save_strategy_state,
 )
+from fedal.checkpoint import ROUND_OFFSET_KEY, load_client_checkpoint, save_client_checkpoint
 from fedal.config import from_flat
 from fedal.corruptions import experiment_data
 from fedal.participation import CLIENT_ID_ACTION, CLIENT_ID_KEY, NUM_CLIENTS_KEY
@@ -59,9 +67,14 @@ def client_id(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """One round: train the helper, query, reply with helper arrays and metrics."""
     config_record = msg.content["config"]
-    server_round = int(config_record["server-round"])
     config = from_flat(dict(config_record))
+    server_round = int(config_record["server-round"]) + int(config_record.get(ROUND_OFFSET_KEY, 0))
     client = partition_of(context, config.data.num_clients)
+    run_dir = Path(config.experiment.run_dir)
+    if config.experiment.resume and POOL_KEY not in context.state:
+        restored = load_client_checkpoint(run_dir, client, server_round - 1)
+        if restored is not None:
+            import_state(context.state, restored)
     book = load_book(context.state)
     pool = load_pool(context.state, client)
     if pool is None:  # first round: partition once, then the pool lives in the state
@@ -88,6 +101,8 @@ def train(msg: Message, context: Context) -> Message:
     save_pool(context.state, pool)
     save_strategy_state(context.state, strategy.state_dict())
     save_book(context.state, book)
+    if config.experiment.checkpoint:
+        save_client_checkpoint(run_dir, client, server_round, export_state(context.state))
 
     reply = RecordDict(
         {"arrays": ArrayRecord(outcome.helper_state), "metrics": MetricRecord(outcome.metrics)}

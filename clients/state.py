@@ -66,3 +66,24 @@ def load_book(state: RecordDict) -> dict[str, int]:
 def save_book(state: RecordDict, book: Mapping[str, int]) -> None:
     """Store the bookkeeping counters."""
     state[BOOK_KEY] = ConfigRecord(dict(book))
+
+
+def export_state(state: RecordDict) -> dict[str, dict[str, np.ndarray]]:
+    """The stored pool, strategy state and bookkeeping as named sections of arrays
+    (for :func:`fedal.checkpoint.save_client_checkpoint`)."""
+    sections: dict[str, dict[str, np.ndarray]] = {
+        key: {name: state[key][name].numpy() for name in state[key]}
+        for key in (POOL_KEY, STRATEGY_KEY)
+        if key in state
+    }
+    sections[BOOK_KEY] = {name: np.asarray(value) for name, value in load_book(state).items()}
+    return sections
+
+
+def import_state(state: RecordDict, sections: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+    """Put what :func:`export_state` returned back into ``state``."""
+    for key in (POOL_KEY, STRATEGY_KEY):
+        if key in sections:
+            arrays = sections[key].items()
+            state[key] = ArrayRecord({name: Array(np.ascontiguousarray(v)) for name, v in arrays})
+    save_book(state, {name: int(value) for name, value in sections.get(BOOK_KEY, {}).items()})

@@ -9,12 +9,17 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from fedal.config import ConfigError, ExperimentConfig, load_config
+from fedal.config import ConfigError, ExperimentConfig, flatten, load_config
 
 DEFAULT_CONFIG = "experiments/configs/demo.toml"
 
 
 def _config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    return load_config(args.config, _overrides(args), strategy=getattr(args, "strategy", None))
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` values plus the shortcut options this command has, as overrides."""
     overrides = list(args.set or [])
     if getattr(args, "clients", None):
         overrides.append(f"data.num_clients={args.clients}")
@@ -28,7 +33,7 @@ def _config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         overrides.append(f"federation.client_gpus={args.client_gpus}")
     if getattr(args, "data_dir", None):
         overrides.append(f'data.data_dir="{args.data_dir}"')
-    return load_config(args.config, overrides, strategy=getattr(args, "strategy", None))
+    return overrides
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -49,12 +54,52 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedal.simulation import simulate
 
     simulate(config, run_dir, ray_address=args.ray_address, verbose=args.verbose)
+    _print_summary(run_dir)
+    return 0
+
+
+def _print_summary(run_dir: Path) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     print(
         f"final accuracy {summary['final_accuracy']:.2%} with {summary['final_labels']} labels; "
         f"AUC {summary['auc_accuracy_vs_labels']:.4f}",
         flush=True,
     )
+
+
+RESUMABLE_CHANGES = {"federation.rounds", "federation.client_cpus", "federation.client_gpus"}
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Continue a run directory from its checkpoint (after a crash, or to add rounds)."""
+    from fedal.results import CONFIG_FILE
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise ConfigError(f"{run_dir}: not a fedal run directory (no {CONFIG_FILE})")
+    recorded = load_config(run_dir / CONFIG_FILE)
+    config = load_config(run_dir / CONFIG_FILE, _overrides(args))
+    changed = {k for k, v in flatten(config).items() if flatten(recorded).get(k) != v}
+    if changed - RESUMABLE_CHANGES:
+        raise ConfigError(
+            f"resume: cannot change {sorted(changed - RESUMABLE_CHANGES)} of a recorded run; "
+            f"only {sorted(RESUMABLE_CHANGES)}"
+        )
+    from fedal.checkpoint import load_server_checkpoint
+    from fedal.simulation import simulate
+
+    try:
+        done = load_server_checkpoint(run_dir).round
+    except FileNotFoundError as error:
+        raise ConfigError(str(error)) from None
+    if done >= config.federation.rounds:
+        raise ConfigError(
+            f"{run_dir} already has {done} of federation.rounds={config.federation.rounds} "
+            f"rounds; pass --rounds N (N > {done}) to continue it"
+        )
+    config = config.replace("experiment", resume=True)
+    simulate(config, run_dir, ray_address=args.ray_address, verbose=args.verbose)
+    _print_summary(run_dir)
     return 0
 
 
@@ -164,6 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", help="write results here instead of a new directory")
     run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     run.set_defaults(handler=cmd_run)
+
+    resume = commands.add_parser("resume", help="continue a run from its checkpoint")
+    resume.add_argument("run_dir", help="the run directory to continue")
+    resume.add_argument("--rounds", type=int, help="raise federation.rounds to continue a run")
+    resume.add_argument("--set", action="append", help="runtime overrides, e.g. client_cpus")
+    resume.add_argument("--client-cpus", type=float, help="CPUs per simulated client")
+    resume.add_argument("--client-gpus", type=float, help="GPU fraction per simulated client")
+    resume.add_argument("--ray-address", help="join an existing Ray cluster (e.g. 'auto')")
+    resume.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    resume.set_defaults(handler=cmd_resume)
 
     train = commands.add_parser("train", help="central sanity check on random labels")
     train.add_argument("--dataset", default="fashion-mnist")

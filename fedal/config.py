@@ -36,6 +36,8 @@ class ExperimentSection:
     run_dir: str = ""
     target_accuracy: float = 0.8
     save_uploads: bool = False
+    checkpoint: bool = True
+    resume: bool = False
 
 
 @dataclass(frozen=True)

@@ -28,14 +28,20 @@ NUM_CLIENTS_KEY = "num-clients"
 class Participation:
     """The seed of the per-round client draw and the node -> client-id directory."""
 
-    def __init__(self, seed: int, num_clients: int) -> None:
+    def __init__(self, seed: int, num_clients: int, round_offset: int = 0) -> None:
         self.seed = seed
         self.num_clients = num_clients
+        self.round_offset = round_offset  # rounds done before a resume
         self.node_clients: dict[int, int] = {}
 
-    def grid_for_round(self, grid: Grid, server_round: int) -> ClientOrderedGrid:
-        """Seed this round's draw; the grid to hand to Flower's ``configure_train``."""
-        random.seed(f"fedal-participation-{self.seed}-{server_round}")
+    def grid_for_round(self, grid: Grid, local_round: int) -> ClientOrderedGrid:
+        """Seed this round's draw; the grid to hand to Flower's ``configure_train``.
+
+        New nodes are asked for their client id first: that exchange may use ``random``
+        itself, and must not shift the draw.
+        """
+        self.ordered_nodes(grid)
+        random.seed(f"fedal-participation-{self.seed}-{self.round_offset + local_round}")
         return ClientOrderedGrid(grid, self)
 
     def ordered_nodes(self, grid: Grid) -> list[int]:

@@ -23,6 +23,8 @@ SEED_FREE_IGNORED = {
     ("experiment", "output_dir"),
     ("experiment", "run_dir"),
     ("experiment", "name"),
+    ("experiment", "checkpoint"),
+    ("experiment", "resume"),
 }
 
 

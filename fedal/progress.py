@@ -16,8 +16,11 @@ def _clock(seconds: float) -> str:
 class RoundProgress:
     """Prints a line per completed round to ``stream`` (stdout by default)."""
 
-    def __init__(self, total_rounds: int, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, total_rounds: int, stream: TextIO | None = None, first_round: int = 0
+    ) -> None:
         self.total_rounds = total_rounds
+        self.first_round = first_round  # rounds done before this process (a resumed run)
         self.stream = stream or sys.stdout
         self.started = time.perf_counter()
 
@@ -28,7 +31,8 @@ class RoundProgress:
     def line(self, server_round: int, labels: int, accuracy: float) -> str:
         """The progress line for a finished round (round 0 is the initial evaluation)."""
         elapsed = self.elapsed()
-        eta = elapsed / server_round * (self.total_rounds - server_round) if server_round else 0.0
+        done = server_round - self.first_round
+        eta = elapsed / done * (self.total_rounds - server_round) if done > 0 else 0.0
         return (
             f"round {server_round:>3}/{self.total_rounds} | labels {labels:>6} | "
             f"test acc {accuracy:6.2%} | elapsed {_clock(elapsed)} | ETA {_clock(eta)}"

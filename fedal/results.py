@@ -68,13 +68,42 @@ class RunRecorder:
         self.rows: list[dict[str, Any]] = []
         self.selected = 0
         self.selected_noisy = 0
+        self.ledger_rows = 0
         self.trained_by_client: dict[int, int] = {}
         self.requested_by_client: dict[int, int] = {}
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG_FILE).write_text(tomli_w.dumps(config.to_dict()))
+        resolved = config.replace("experiment", resume=False)  # a config to rerun as is
+        (run_dir / CONFIG_FILE).write_text(tomli_w.dumps(resolved.to_dict()))
         with (run_dir / LEDGER_FILE).open("w", newline="") as handle:
             csv.writer(handle).writerow(LEDGER_COLUMNS)
         (run_dir / ROUNDS_FILE).write_text("")
+
+    @classmethod
+    def resume(
+        cls, run_dir: Path, config: ExperimentConfig, through_round: int, ledger_rows: int
+    ) -> RunRecorder:
+        """Continue ``run_dir`` after round ``through_round``: rounds and ledger rows
+        written after that round's checkpoint are dropped, the counters are replayed."""
+        rows = [row for row in read_rounds(run_dir) if row["round"] <= through_round]
+        ledger = read_ledger(run_dir)[:ledger_rows]
+        recorder = cls(run_dir, config)
+        with (run_dir / ROUNDS_FILE).open("a") as handle:
+            handle.writelines(json.dumps(row) + "\n" for row in rows)
+        with (run_dir / LEDGER_FILE).open("a", newline="") as handle:
+            csv.writer(handle).writerows(ledger.tolist())
+        recorder.ledger_rows = len(ledger)
+        for row in rows:
+            recorder._count(row["clients"])
+            recorder.rows.append(row)
+        return recorder
+
+    def _count(self, clients: list[dict[str, Any]]) -> None:
+        """Fold one round's client reports into the running totals."""
+        self.selected += sum(int(report["new-labels"]) for report in clients)
+        self.selected_noisy += sum(int(report["new-noisy"]) for report in clients)
+        for report in clients:
+            self.trained_by_client[int(report["client"])] = int(report["num-examples"])
+            self.requested_by_client[int(report["client"])] = int(report["labels-used"])
 
     def record_round(
         self,
@@ -85,11 +114,7 @@ class RunRecorder:
         elapsed: float,
     ) -> dict[str, Any]:
         """Append one round: test metrics, per-client metrics, ledger entries."""
-        self.selected += sum(int(report["new-labels"]) for report in clients)
-        self.selected_noisy += sum(int(report["new-noisy"]) for report in clients)
-        for report in clients:
-            self.trained_by_client[int(report["client"])] = int(report["num-examples"])
-            self.requested_by_client[int(report["client"])] = int(report["labels-used"])
+        self._count(clients)
         row = {
             "round": server_round,
             "labels": sum(self.trained_by_client.values()),
@@ -124,6 +149,7 @@ class RunRecorder:
                     writer.writerow(
                         (int(report["client"]), int(label_round), int(index), int(label))
                     )
+                    self.ledger_rows += 1
 
     def summary(self) -> dict[str, Any]:
         """Final accuracy, normalised AUC of accuracy vs labels, labels to reach the target."""

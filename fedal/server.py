@@ -17,6 +17,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedAvgM, FedProx
 
+from fedal.checkpoint import (
+    ROUND_OFFSET_KEY,
+    ServerCheckpoint,
+    load_server_checkpoint,
+    save_server_checkpoint,
+)
 from fedal.config import ExperimentConfig, flatten, from_flat
 from fedal.datasets import LoadedDataset
 from fedal.models import build_for_dataset
@@ -48,11 +54,11 @@ class ClientReports:
     ``round-R-client-K.npz`` (an audit of exactly what left each client).
     """
 
-    def __init__(self, uploads_dir: Path | None = None) -> None:
+    def __init__(self, uploads_dir: Path | None = None, rounds_seen: int = 0) -> None:
         self.pending: list[dict[str, Any]] = []
         self.short_clients: set[int] = set()
         self.uploads_dir = uploads_dir
-        self.rounds_seen = 0
+        self.rounds_seen = rounds_seen
 
     def __call__(self, records: list[RecordDict], weighting_key: str) -> MetricRecord:
         self.rounds_seen += 1
@@ -146,8 +152,11 @@ def strict_and_ordered(strategy_class: type[FedAvg]) -> type[FedAvg]:
     return StrictOrdered
 
 
-def aggregation_strategy(config: ExperimentConfig, reports: ClientReports) -> FedAvg:
-    """Flower's built-in FedAvg / FedProx / FedAvgM as configured."""
+def aggregation_strategy(
+    config: ExperimentConfig, reports: ClientReports, round_offset: int = 0
+) -> FedAvg:
+    """Flower's built-in FedAvg / FedProx / FedAvgM as configured (``round_offset``:
+    rounds done before a resume, so client draws follow the run's own round numbers)."""
     fed = config.federation
     common: dict[str, Any] = {
         "fraction_train": fed.fraction_train,
@@ -156,7 +165,9 @@ def aggregation_strategy(config: ExperimentConfig, reports: ClientReports) -> Fe
         "min_evaluate_nodes": 0,
         "min_available_nodes": config.data.num_clients,
         "train_metrics_aggr_fn": reports,
-        "participation": Participation(config.experiment.seed, config.data.num_clients),
+        "participation": Participation(
+            config.experiment.seed, config.data.num_clients, round_offset
+        ),
     }
     builders: dict[str, Callable[[], FedAvg]] = {
         "fedavg": lambda: strict_and_ordered(FedAvg)(**common),
@@ -179,7 +190,12 @@ def test_view(config: ExperimentConfig, dataset: LoadedDataset) -> SampleView:
 
 
 def serve(grid: Grid, config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
-    """Run the federation for ``federation.rounds`` rounds and write the run directory."""
+    """Run the federation for ``federation.rounds`` rounds and write the run directory.
+
+    With ``experiment.resume`` the run continues from ``run_dir``'s checkpoint (the
+    model, FedAvgM's momentum, the results so far) up to ``federation.rounds``.
+    """
+    config = config.replace("experiment", run_dir=str(run_dir))  # clients checkpoint there
     seed = config.experiment.seed
     random.seed(seed)
     torch.manual_seed(seed)
@@ -188,26 +204,55 @@ def serve(grid: Grid, config: ExperimentConfig, run_dir: Path) -> dict[str, Any]
     dataset = experiment.dataset
     model = build_for_dataset(config.model.helper, dataset, config.model.dropout).to(device)
     test = test_view(config, dataset)
-    recorder = RunRecorder(run_dir, config)
-    save_summary(partition_summary(config, experiment), run_dir / "partition.json")
-    reports = ClientReports(run_dir / "uploads" if config.experiment.save_uploads else None)
-    progress = RoundProgress(config.federation.rounds)
+    resumed = load_server_checkpoint(run_dir) if config.experiment.resume else None
+    start = resumed.round if resumed else 0
+    if start >= config.federation.rounds:
+        raise ValueError(
+            f"{run_dir} already has {start} rounds; raise federation.rounds to continue it"
+        )
+    if resumed:
+        model.load_state_dict({name: torch.from_numpy(a) for name, a in resumed.arrays.items()})
+        recorder = RunRecorder.resume(run_dir, config, start, resumed.ledger_rows)
+    else:
+        recorder = RunRecorder(run_dir, config)
+        save_summary(partition_summary(config, experiment), run_dir / "partition.json")
+    reports = ClientReports(
+        run_dir / "uploads" if config.experiment.save_uploads else None, rounds_seen=start
+    )
+    progress = RoundProgress(config.federation.rounds, first_round=start)
+    strategy = aggregation_strategy(config, reports, round_offset=start)
+    if resumed and resumed.momentum:
+        strategy.momentum_vector = resumed.momentum
 
-    def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    def central_evaluation(local_round: int, arrays: ArrayRecord) -> MetricRecord:
+        server_round = start + local_round
         model.load_state_dict(arrays.to_torch_state_dict())
         stats = evaluate(model, test, device, config.training.eval_batch_size)
+        metrics = MetricRecord({"accuracy": stats.accuracy, "loss": stats.loss})
+        if resumed and local_round == 0:
+            return metrics  # this round is already in the results
         row = recorder.record_round(
             server_round, stats.accuracy, stats.loss, reports.take(), progress.elapsed()
         )
+        if config.experiment.checkpoint:
+            momentum = getattr(strategy, "momentum_vector", None)
+            save_server_checkpoint(
+                run_dir,
+                ServerCheckpoint(
+                    server_round,
+                    recorder.ledger_rows,
+                    {name: arrays[name].numpy() for name in arrays},
+                    list(momentum) if momentum else [],
+                ),
+            )
         progress.report(server_round, row["labels"], stats.accuracy)
-        return MetricRecord({"accuracy": stats.accuracy, "loss": stats.loss})
+        return metrics
 
-    strategy = aggregation_strategy(config, reports)
     strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=config.federation.rounds,
-        train_config=ConfigRecord(flatten(config)),
+        num_rounds=config.federation.rounds - start,
+        train_config=ConfigRecord({**flatten(config), ROUND_OFFSET_KEY: start}),
         evaluate_fn=central_evaluation,
     )
     summary = recorder.finish()
