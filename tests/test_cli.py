@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from fedal.checkpoint import ServerCheckpoint, save_server_checkpoint
 from fedal.cli import main
 from fedal.config import load_config
 from fedal.results import RunRecorder
@@ -113,3 +114,22 @@ def test_plot_overlays_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(["plot", *runs, "-o", str(output), "--title", "seeds"]) == 0
     assert capsys.readouterr().out.strip() == str(output)
     assert output.stat().st_size > 1000
+
+
+def test_resume_refuses_what_it_cannot_continue(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["resume", str(tmp_path)]) == 2
+    assert "not a fedal run directory" in _one_error_line(capsys)
+
+    run_dir = tmp_path / "run"
+    RunRecorder(run_dir, load_config(None, ["federation.rounds=2"]))
+    assert main(["resume", str(run_dir)]) == 2
+    assert "no checkpoint to resume from" in _one_error_line(capsys)
+
+    save_server_checkpoint(run_dir, ServerCheckpoint(2, 0, {}, []))
+    assert main(["resume", str(run_dir)]) == 2
+    assert "already has 2 of federation.rounds=2 rounds" in _one_error_line(capsys)
+
+    assert main(["resume", str(run_dir), "--rounds", "3", "--set", "training.lr=0.5"]) == 2
+    assert "cannot change ['training.lr']" in _one_error_line(capsys)
