@@ -6,8 +6,8 @@ seed would pick different clients in different runs. :class:`Participation` fixe
 inputs of that draw: it asks every node once for its client id (a ``query.client_id``
 message, answered by :mod:`clients.app` from the node's ``partition-id``), lists the
 nodes to the strategy in client-id order, and seeds Python's ``random`` from the
-experiment seed and the round right before Flower samples. The same seed then trains the
-same clients in every round of every run.
+experiment seed and the round each time it lists them, right before Flower samples.
+The same seed then trains the same clients in every round of every run.
 """
 
 from __future__ import annotations
@@ -35,14 +35,9 @@ class Participation:
         self.node_clients: dict[int, int] = {}
 
     def grid_for_round(self, grid: Grid, local_round: int) -> ClientOrderedGrid:
-        """Seed this round's draw; the grid to hand to Flower's ``configure_train``.
-
-        New nodes are asked for their client id first: that exchange may use ``random``
-        itself, and must not shift the draw.
-        """
-        self.ordered_nodes(grid)
-        random.seed(f"fedal-participation-{self.seed}-{self.round_offset + local_round}")
-        return ClientOrderedGrid(grid, self)
+        """The grid to hand to Flower's ``configure_train`` for this round's draw."""
+        draw_seed = f"fedal-participation-{self.seed}-{self.round_offset + local_round}"
+        return ClientOrderedGrid(grid, self, draw_seed)
 
     def ordered_nodes(self, grid: Grid) -> list[int]:
         """The connected nodes sorted by client id (unknown nodes are asked first)."""
@@ -57,14 +52,23 @@ class Participation:
 
 
 class ClientOrderedGrid:
-    """A :class:`flwr.serverapp.Grid` that lists its nodes in client-id order."""
+    """A :class:`flwr.serverapp.Grid` that lists its nodes in client-id order and seeds
+    Python's ``random`` each time it lists them.
 
-    def __init__(self, grid: Grid, participation: Participation) -> None:
+    Flower samples right after listing the nodes, so the draw depends only on the seed
+    and the connected clients: not on asking new nodes their client id (that exchange
+    may use ``random`` itself) or on how often the nodes were listed while waiting.
+    """
+
+    def __init__(self, grid: Grid, participation: Participation, draw_seed: str) -> None:
         self._grid = grid
         self._participation = participation
+        self._draw_seed = draw_seed
 
     def get_node_ids(self) -> Iterator[int]:
-        return iter(self._participation.ordered_nodes(self._grid))
+        nodes = self._participation.ordered_nodes(self._grid)
+        random.seed(self._draw_seed)
+        return iter(nodes)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
