@@ -29,15 +29,15 @@ else:  # pragma: no cover
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_overrides(data_dir: Path, output_dir: Path, clients: int) -> str:
-    """A small 2-round run for `flwr run --run-config`."""
+def run_overrides(data_dir: Path, output_dir: Path, clients: int, rounds: int = 2) -> str:
+    """A small run (2 rounds by default) for `flwr run --run-config`."""
     return " ".join(
         [
             f'data.data_dir="{data_dir}"',
             f"data.num_clients={clients}",
             "data.initial_labels_per_client=6",
             "query.budget_per_query=4",
-            "federation.rounds=2",
+            f"federation.rounds={rounds}",
             "training.epochs=1",
             f'experiment.output_dir="{output_dir}"',
         ]
@@ -76,29 +76,28 @@ def small_data(tmp_path: Path) -> Path:
     return write_small_fashion_mnist(tmp_path / "data")
 
 
-def test_flwr_run_simulation(tmp_path: Path, small_data: Path) -> None:
+def test_flwr_run_simulation_and_resume(tmp_path: Path, small_data: Path) -> None:
     home, output = tmp_path / "flwr-home", tmp_path / "runs"
     env = flower_env(home)
-    try:
-        result = subprocess.run(
-            [
-                str(BIN / "flwr"),
-                "run",
-                ".",
-                "--stream",
-                "--run-config",
-                run_overrides(small_data, output, clients=2),
-            ],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=400,
+
+    def flwr_run(run_config: str) -> subprocess.CompletedProcess[str]:
+        command = [str(BIN / "flwr"), "run", ".", "--stream", "--run-config", run_config]
+        return subprocess.run(
+            command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400
         )
+
+    try:
+        first = flwr_run(run_overrides(small_data, output, clients=2))
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        run_dir = only_run_dir(output)
+        check_results(run_dir, clients=2)
+        resume = f'experiment.resume=true experiment.run_dir="{run_dir}"'
+        resumed = flwr_run(f"{run_overrides(small_data, output, clients=2, rounds=3)} {resume}")
     finally:
         stop(processes_using(home))  # the local SuperLink `flwr run` left running
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    check_results(only_run_dir(output), clients=2)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert [row["round"] for row in read_rounds(run_dir)] == [0, 1, 2, 3]
+    assert len(read_ledger(run_dir)) == 2 * (6 + 3 * 4)
 
 
 def test_loopback_deployment(tmp_path: Path, small_data: Path) -> None:
