@@ -140,17 +140,23 @@ def test_partial_participation_draws_the_same_clients_every_run(
 
 
 def test_a_resumed_run_equals_the_uninterrupted_run(data_dir: Path, tmp_path: Path) -> None:
-    psl = ('query.strategy="psl"', "query.options.epochs=1", "data.num_clients=4")
+    settings = (
+        'query.strategy="psl"',  # peers persist in the client checkpoints
+        "query.options.epochs=1",
+        "data.num_clients=4",
+        'federation.aggregation="fedavgm"',  # server momentum persists in server.npz
+        "federation.server_momentum=0.9",
+    )
     straight = run(
         tiny_config(
-            data_dir, tmp_path, *psl, "federation.rounds=3", "federation.fraction_train=0.5"
+            data_dir, tmp_path, *settings, "federation.rounds=3", "federation.fraction_train=0.5"
         ),
         tmp_path / "straight",
     )
     interrupted = tmp_path / "interrupted"
     run(
         tiny_config(
-            data_dir, tmp_path, *psl, "federation.rounds=2", "federation.fraction_train=0.5"
+            data_dir, tmp_path, *settings, "federation.rounds=2", "federation.fraction_train=0.5"
         ),
         interrupted,
     )
