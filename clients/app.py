@@ -68,11 +68,13 @@ def train(msg: Message, context: Context) -> Message:
     """One round: train the helper, query, reply with helper arrays and metrics."""
     config_record = msg.content["config"]
     config = from_flat(dict(config_record))
-    server_round = int(config_record["server-round"]) + int(config_record.get(ROUND_OFFSET_KEY, 0))
+    resumed_after = int(config_record.get(ROUND_OFFSET_KEY, 0))  # rounds before a resume
+    server_round = int(config_record["server-round"]) + resumed_after
     client = partition_of(context, config.data.num_clients)
     run_dir = Path(config.experiment.run_dir)
     if config.experiment.resume and POOL_KEY not in context.state:
-        restored = load_client_checkpoint(run_dir, client, server_round - 1)
+        # files of rounds after the server's checkpoint belong to the interrupted run
+        restored = load_client_checkpoint(run_dir, client, resumed_after)
         if restored is not None:
             import_state(context.state, restored)
     book = load_book(context.state)
