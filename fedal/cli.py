@@ -77,9 +77,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise ConfigError(f"{run_dir}: not a fedal run directory (no {CONFIG_FILE})")
-    recorded = load_config(run_dir / CONFIG_FILE)
+    recorded = flatten(load_config(run_dir / CONFIG_FILE))
     config = load_config(run_dir / CONFIG_FILE, _overrides(args))
-    changed = {k for k, v in flatten(config).items() if flatten(recorded).get(k) != v}
+    changed = {key for key, value in flatten(config).items() if recorded.get(key) != value}
     if changed - RESUMABLE_CHANGES:
         raise ConfigError(
             f"resume: cannot change {sorted(changed - RESUMABLE_CHANGES)} of a recorded run; "
