@@ -57,7 +57,8 @@ def test_bench_sampling_writes_json_and_prints_a_table(
         assert row["sampling_params"] > 0
         assert row["selection_s"] == pytest.approx(row["select_s"] - row["inference_s"])
         assert row["selection_ratio"] == pytest.approx(row["selection_s"] / row["forward_s"])
-        assert isinstance(row["meets_targets"], bool)
+        within = row["selection_ratio"] <= 1.0 and row["peak_rss_mib"] < 2048
+        assert row["meets_targets"] is within
     passes = {row["strategy"]: row["inference_passes"] for row in report["results"]}
     # random runs no network; coreset embeds the pool and the labelled set; PSL runs
     # one pass per peer (two by default)
