@@ -156,7 +156,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     strategies = [name.strip() for name in args.strategies.split(",") if name.strip()]
     seeds = [int(seed) for seed in args.seeds.split(",")]
     run_dirs = run_grid(args.config, strategies, seeds, args.set or [], args.verbose)
-    print(markdown_table(summary_rows(run_dirs)))
+    print(markdown_table(summary_rows(run_dirs, args.reference), args.reference))
     if args.output:
         print(plot_runs(run_dirs, Path(args.output), args.title))
     return 0
@@ -169,7 +169,8 @@ def cmd_table(args: argparse.Namespace) -> int:
     for run_dir in args.run_dirs:
         if not (Path(run_dir) / "summary.json").is_file():
             raise ConfigError(f"{run_dir}: not a finished fedal run (no summary.json)")
-    print(markdown_table(summary_rows([Path(run) for run in args.run_dirs])))
+    rows = summary_rows([Path(run) for run in args.run_dirs], args.reference)
+    print(markdown_table(rows, args.reference))
     return 0
 
 
@@ -250,10 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("-o", "--output", help="overlay plot PNG")
     sweep.add_argument("--title")
     sweep.add_argument("--verbose", action="store_true")
+    sweep.add_argument("--reference", default="random", help="strategy to compare against")
     sweep.set_defaults(handler=cmd_sweep)
 
     table = commands.add_parser("table", help="mean ± std table of finished runs")
     table.add_argument("run_dirs", nargs="+")
+    table.add_argument("--reference", default="random", help="strategy to compare against")
     table.set_defaults(handler=cmd_table)
 
     selection = commands.add_parser("selection", help="picture of selected points (2-D toys)")
@@ -262,8 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     selection.set_defaults(handler=cmd_selection)
 
     from fedal.bench import add_bench_parser
+    from fedal.diagnose import add_diagnose_parser
 
     add_bench_parser(commands)
+    add_diagnose_parser(commands)
     return parser
 
 

@@ -10,13 +10,24 @@ client only (they may train on protected data and never leave it). Per epoch of
 3. Out-of-Class Peer Study (equations 3-5) over unlabelled batches of
    ``ctx.private_unlabelled``.
 
+By default (``study_steps = "joint"``) steps 2 and 3 share optimiser steps: each step
+minimises equation 2 on a labelled batch plus equation 5 on the next unlabelled batch
+(while the epoch's unlabelled batches last), so every update stays anchored to the
+labels. ``"alternating"`` runs them as Algorithm 1 lists them, a pass of in-class steps
+and then a pass of out-of-class steps; measured with ``fedal diagnose psl``, those
+out-of-class steps degrade the peers even with the loss multiplied by zero (SGD
+momentum and weight decay keep moving the weights with no label in the step), see
+experiments/README.md, "PSL's out-of-class study".
+
 Peer Study Feedback (equation 6) then scores the candidates by the peers' discrepancy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 import torch
@@ -24,7 +35,15 @@ from torch import nn
 
 from fedal.config import TrainingSection
 from fedal.models import available_models, count_parameters
-from fedal.training import crop_flip, epoch_batches, make_optimizer, wants_augmentation
+from fedal.training import (
+    SCHEDULES,
+    crop_flip,
+    epoch_batches,
+    make_optimizer,
+    make_schedule,
+    wants_augmentation,
+)
+from fedal.views import SampleView
 from strategies.base import QueryStrategy, RoundContext, top_k
 from strategies.psl_losses import (
     RANKINGS,
@@ -38,6 +57,8 @@ from strategies.registry import register
 from strategies.scoring import entropy, predict_logits
 
 MAX_PEERS = 4
+BATCHNORM_MODES = ("batch", "running")
+STUDY_STEPS = ("joint", "alternating")
 STATE_PREFIX = "peer"
 
 
@@ -51,10 +72,17 @@ class PSLOptions:
       :func:`strategies.psl_losses.margin_ranking_loss`).
     - ``in_class`` / ``out_of_class``: the paper's ablations (section 4.5). Without
       in-class study the peers still learn the labels (plain cross-entropy, alpha = 0).
+    - ``study_steps``: ``"joint"`` (equations 2 and 5 in one optimiser step) or
+      ``"alternating"`` (Algorithm 1's order); see the module docstring.
+    - ``unlabelled_batchnorm``: ``"batch"`` normalises unlabelled batches with their own
+      statistics and updates the running ones (train mode, as Algorithm 1 implies);
+      ``"running"`` uses the running statistics the labelled batches keep, so
+      out-of-class study cannot move them.
     - ``epochs``, ``lr``, ``momentum``, ``weight_decay``, ``batch_size``: peer training
-      (SGD) per ``fit``; ``unlabelled_batches_per_epoch`` caps out-of-class batches per
-      epoch (0 = the whole private pool); ``augment``: crop/flip on labelled batches of
-      32x32 colour images.
+      (SGD) per ``fit``; ``schedule``: the learning rate per epoch of a ``fit``, constant
+      or cosine-annealed (the paper does not say); ``unlabelled_batches_per_epoch`` caps
+      out-of-class batches per epoch (0 = the whole private pool); ``augment``:
+      crop/flip on labelled batches of 32x32 colour images.
 
     The defaults keep one ``fit`` cheap on a CPU; the experiment configs set paper values.
     """
@@ -67,8 +95,11 @@ class PSLOptions:
     ranking: str = "directional"
     in_class: bool = True
     out_of_class: bool = True
+    unlabelled_batchnorm: str = "batch"
+    study_steps: str = "joint"
     epochs: int = 5
     lr: float = 0.05
+    schedule: str = "constant"
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 64
@@ -83,8 +114,15 @@ class PSLOptions:
             ("tau", self.tau > 0, "a number > 0"),
             ("margin", self.margin >= 0, "a number >= 0"),
             ("ranking", self.ranking in RANKINGS, ", ".join(RANKINGS)),
+            ("study_steps", self.study_steps in STUDY_STEPS, ", ".join(STUDY_STEPS)),
+            (
+                "unlabelled_batchnorm",
+                self.unlabelled_batchnorm in BATCHNORM_MODES,
+                ", ".join(BATCHNORM_MODES),
+            ),
             ("epochs", self.epochs >= 0, "an integer >= 0"),
             ("lr", self.lr > 0, "a number > 0"),
+            ("schedule", self.schedule in SCHEDULES, ", ".join(SCHEDULES)),
             ("momentum", 0 <= self.momentum < 1, "0 <= value < 1"),
             ("weight_decay", self.weight_decay >= 0, "a number >= 0"),
             ("batch_size", self.batch_size >= 1, "an integer >= 1"),
@@ -118,20 +156,38 @@ class PeerStudyLearning(QueryStrategy):
     # ------------------------------------------------------------------ training
 
     def fit(self, ctx: RoundContext) -> None:
-        """Algorithm 1, lines 4-12 without line 6: in-class then out-of-class per epoch."""
+        """Algorithm 1, lines 4-12 without line 6: per epoch, in-class study (eq. 2) and
+        out-of-class study (eqs 3-5), in shared steps or one after the other
+        (``study_steps``); the learning rate follows ``schedule`` over the epochs."""
         peers = self._ensure_peers(ctx)
         opts = self.options
         settings = TrainingSection(
-            optimizer="sgd", lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay
+            optimizer="sgd",
+            lr=opts.lr,
+            momentum=opts.momentum,
+            weight_decay=opts.weight_decay,
+            schedule=opts.schedule,
         )
         optimizer = make_optimizer(peers, settings)
+        schedule = make_schedule(optimizer, settings, opts.epochs)
         peers.train()
         for _ in range(opts.epochs):
-            for loss in self._in_class_losses(ctx, peers):
+            in_class = self._in_class_losses(ctx, peers)
+            out_of_class = (
+                self._out_of_class_losses(ctx, peers)
+                if opts.out_of_class and len(peers) > 1
+                else iter(())
+            )
+            if opts.study_steps == "joint":
+                losses = (loss + next(out_of_class, 0.0) for loss in in_class)
+            else:
+                losses = chain(in_class, out_of_class)
+            steps = 0
+            for loss in losses:
                 _step(optimizer, loss)
-            if opts.out_of_class and len(peers) > 1:
-                for loss in self._out_of_class_losses(ctx, peers):
-                    _step(optimizer, loss)
+                steps += 1
+            if steps:  # no labelled batch in joint mode: nothing to anneal
+                schedule.step()
         peers.eval()
 
     def _in_class_losses(self, ctx: RoundContext, peers: nn.ModuleList) -> Iterator[torch.Tensor]:
@@ -161,7 +217,8 @@ class PeerStudyLearning(QueryStrategy):
             batches = batches[: opts.unlabelled_batches_per_epoch]
         for rows in batches:
             inputs = view.inputs(rows, ctx.device)
-            logits = torch.stack([peer(inputs) for peer in peers])
+            with _running_batchnorm(peers, opts.unlabelled_batchnorm == "running"):
+                logits = torch.stack([peer(inputs) for peer in peers])
             rows_a, rows_d = sample_pairs(consensus_mask(logits.argmax(dim=-1)), ctx.generator)
             if len(rows_a) == 0:
                 continue
@@ -184,13 +241,17 @@ class PeerStudyLearning(QueryStrategy):
     def feedback_scores(self, ctx: RoundContext) -> torch.Tensor:
         """Equation 6 on ``ctx.candidates`` (non-protected only): the peers' discrepancy,
         or the single peer's prediction entropy when ``peers = 1``."""
-        peers = self._ensure_peers(ctx)
-        logits = torch.stack(
-            [predict_logits(peer, ctx.candidates, ctx.device, ctx.batch_size) for peer in peers]
-        )
-        if len(peers) == 1:
+        logits = self.peer_logits(ctx, ctx.candidates)
+        if len(logits) == 1:
             return entropy(torch.softmax(logits[0], dim=1))
         return discrepancy(logits)
+
+    def peer_logits(self, ctx: RoundContext, view: SampleView) -> torch.Tensor:
+        """Every peer's logits on ``view`` (eval mode), stacked as ``(P, N, C)`` on the CPU."""
+        peers = self._ensure_peers(ctx)
+        return torch.stack(
+            [predict_logits(peer, view, ctx.device, ctx.batch_size) for peer in peers]
+        )
 
     def sampling_parameters(self) -> int:
         """Trainable parameters of all peers (the paper's Table 1 'sampling model' size)."""
@@ -257,6 +318,19 @@ def _teacher_logits(teacher: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     logits = teacher(inputs)
     teacher.train(was_training)
     return logits
+
+
+@contextmanager
+def _running_batchnorm(peers: nn.ModuleList, active: bool) -> Iterator[None]:
+    """Forward passes inside use (and do not update) BatchNorm's running statistics."""
+    if not active:
+        yield
+        return
+    peers.eval()
+    try:
+        yield
+    finally:
+        peers.train()
 
 
 def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:

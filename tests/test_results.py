@@ -212,3 +212,26 @@ def test_plot_keeps_runs_with_different_settings_apart(tmp_path: Path) -> None:
     _record_run(base, _config(), [0.4, 0.5])
     _record_run(other, _config().replace("training", lr=0.2), [0.4, 0.5])
     assert len(group_runs([base, other])) == 2
+
+
+def test_table_pairs_each_strategy_with_the_reference_by_seed(tmp_path: Path) -> None:
+    from fedal.sweep import markdown_table, summary_rows
+
+    finals = {"random": [0.60, 0.62, 0.61, 0.63, 0.60, 0.64], "entropy": []}
+    finals["entropy"] = [value + 0.02 + 0.01 * seed for seed, value in enumerate(finals["random"])]
+    run_dirs = []
+    for strategy, values in finals.items():
+        for seed, final in enumerate(values):
+            run_dir = tmp_path / f"{strategy}-{seed}"
+            _record_run(run_dir, _config(strategy, seed), [0.3, final]).finish()
+            run_dirs.append(run_dir)
+    rows = {row["strategy"]: row for row in summary_rows(run_dirs)}
+    assert rows["random"]["vs_final_accuracy"] is None
+    paired = rows["entropy"]["vs_final_accuracy"]
+    assert paired.n == 6
+    assert paired.mean == pytest.approx(0.02 + 0.01 * np.mean(range(6)))
+    assert paired.ci_low > 0
+    assert paired.wilcoxon_p == pytest.approx(2 / 2**6)  # every seed better: exact p
+    table = markdown_table(list(rows.values()))
+    assert "Δ final acc vs random" in table
+    assert "p=0.031" in table and "n.s." not in table.split("entropy")[1].split("|")[6]
