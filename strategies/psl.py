@@ -69,7 +69,10 @@ class PSLOptions:
     - ``peers`` (1-4), ``peer_model``: number and architecture of the peer students.
     - ``alpha``, ``tau``: equation 2's weight and softmax temperature; ``margin``: xi of
       equation 5; ``ranking``: which reading of equation 5 (see
-      :func:`strategies.psl_losses.margin_ranking_loss`).
+      :func:`strategies.psl_losses.margin_ranking_loss`). The default is equation 5 as
+      printed (and as the paper's own "simplified form" writes it); the directional
+      reading amplifies disagreement and made a peer collapse in ``fedal diagnose psl``
+      (experiments/README.md, "PSL's out-of-class study").
     - ``in_class`` / ``out_of_class``: the paper's ablations (section 4.5). Without
       in-class study the peers still learn the labels (plain cross-entropy, alpha = 0).
     - ``study_steps``: ``"joint"`` (equations 2 and 5 in one optimiser step) or
@@ -92,7 +95,7 @@ class PSLOptions:
     alpha: float = 0.1
     tau: float = 4.0
     margin: float = 0.01
-    ranking: str = "directional"
+    ranking: str = "paper"
     in_class: bool = True
     out_of_class: bool = True
     unlabelled_batchnorm: str = "batch"

@@ -216,8 +216,8 @@ def discrepancy_gap(peers: list[nn.Module], ctx: RoundContext) -> float:
 
 
 @pytest.mark.parametrize("seed", [1, 3])
-def test_out_of_class_study_ranks_disagreement_above_consensus(seed: int) -> None:
-    options = {"peer_model": "mlp", "epochs": 8, "batch_size": 32}
+def test_directional_out_of_class_study_ranks_disagreement_above_consensus(seed: int) -> None:
+    options = {"peer_model": "mlp", "epochs": 8, "batch_size": 32, "ranking": "directional"}
     options["unlabelled_batches_per_epoch"] = 0
     gaps = {}
     for out_of_class in (False, True):

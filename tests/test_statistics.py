@@ -19,7 +19,9 @@ def test_mean_interval_and_p_value_match_their_definitions() -> None:
     half = t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))
     assert result.n == 6
     assert result.mean == pytest.approx(diff.mean())
-    assert (result.ci_low, result.ci_high) == pytest.approx((diff.mean() - half, diff.mean() + half))
+    assert (result.ci_low, result.ci_high) == pytest.approx(
+        (diff.mean() - half, diff.mean() + half)
+    )
     assert result.wilcoxon_p == pytest.approx(wilcoxon(diff).pvalue)
     assert result.significant  # six positive differences: exact p = 2 / 64
     assert "n.s." not in result.describe()
