@@ -467,6 +467,13 @@ def render(reports: Sequence[StudyReport], summary: Sequence[Mapping[str, Any]])
     for r in reports:
         figure7.add_row(r.options, str(r.seed), *(_quintile_cell(q) for q in r.quintiles))
     console.print(figure7)
+    classes = Table(title="True classes of the top-b picks (count per class)")
+    for column in ("options", "seed", *next(iter(reports)).picks):
+        classes.add_column(column)
+    for r in reports:
+        counts = (" ".join(map(str, p.class_histogram)) for p in r.picks.values())
+        classes.add_row(r.options, str(r.seed), *counts)
+    console.print(classes)
     table = Table(
         title="PSL diagnosis: over seeds (pick accuracy = teacher's accuracy on top-b picks)"
     )

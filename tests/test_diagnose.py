@@ -27,6 +27,7 @@ def test_diagnose_reports_peers_figure7_and_picks(
     assert status == 0
     printed = capsys.readouterr().out
     assert "Figure 7" in printed and "psl - random" in printed
+    assert "True classes of the top-b picks" in printed
     report = json.loads(out.read_text())
     runs = report["runs"]
     # per seed: the shared in-class-only twin, then the two option sets
