@@ -86,9 +86,10 @@ def test_default_out_of_class_study_keeps_peers_and_picks_sound(
 
 
 def test_the_guard_catches_the_old_alternating_steps(split: StudySplit) -> None:
-    """Negative control: Algorithm 1's separate out-of-class steps with the directional
-    ranking (the default before the fix) fail both guards on this problem."""
-    in_class_only = run_study(split, 1, out_of_class=False)
-    old = run_study(split, 1, study_steps="alternating", ranking="directional")
+    """Negative control: the defaults before the fix (Algorithm 1's separate out-of-class
+    steps, the directional ranking, a constant learning rate) fail both guards here."""
+    old_defaults = {"study_steps": "alternating", "ranking": "directional", "schedule": "constant"}
+    in_class_only = run_study(split, 1, out_of_class=False, schedule="constant")
+    old = run_study(split, 1, **old_defaults)
     assert min(old.peer_accuracy) < np.mean(in_class_only.peer_accuracy) - 0.1
     assert old.picks["psl"].largest_class_share > 0.5
