@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from fedal.config import ConfigError, ExperimentConfig, flatten, load_config
+from fedal.config import ConfigError, ExperimentConfig, flatten, load_config, parse_override
 
 DEFAULT_CONFIG = "experiments/configs/demo.toml"
 
@@ -18,21 +18,34 @@ def _config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     return load_config(args.config, _overrides(args), strategy=getattr(args, "strategy", None))
 
 
+SHORTCUTS = {
+    "clients": "data.num_clients",
+    "rounds": "federation.rounds",
+    "seed": "experiment.seed",
+    "client_cpus": "federation.client_cpus",
+    "client_gpus": "federation.client_gpus",
+    "data_dir": "data.data_dir",
+    "strategy": "query.strategy",
+}
+
+
 def _overrides(args: argparse.Namespace) -> list[str]:
-    """``--set`` values plus the shortcut options this command has, as overrides."""
+    """``--set`` values plus the shortcut options this command has, as overrides.
+
+    A shortcut is an override like any other (``--rounds 0`` is validated, not ignored);
+    giving a field both as a shortcut and with ``--set`` is refused.
+    """
     overrides = list(args.set or [])
-    if getattr(args, "clients", None):
-        overrides.append(f"data.num_clients={args.clients}")
-    if getattr(args, "rounds", None):
-        overrides.append(f"federation.rounds={args.rounds}")
-    if getattr(args, "seed", None) is not None:
-        overrides.append(f"experiment.seed={args.seed}")
-    if getattr(args, "client_cpus", None):
-        overrides.append(f"federation.client_cpus={args.client_cpus}")
-    if getattr(args, "client_gpus", None) is not None:
-        overrides.append(f"federation.client_gpus={args.client_gpus}")
-    if getattr(args, "data_dir", None):
-        overrides.append(f'data.data_dir="{args.data_dir}"')
+    named = {parse_override(text)[0] for text in overrides}
+    for option, key in SHORTCUTS.items():
+        value = getattr(args, option, None)
+        if value is None:
+            continue
+        flag = "--" + option.replace("_", "-")
+        if key in named:
+            raise ConfigError(f"{flag} and --set {key}=... both set {key}; give one of them")
+        if option != "strategy":  # load_config takes the strategy (and drops its options)
+            overrides.append(f"{key}={json.dumps(value)}")
     return overrides
 
 

@@ -133,3 +133,33 @@ def test_resume_refuses_what_it_cannot_continue(
 
     assert main(["resume", str(run_dir), "--rounds", "3", "--set", "training.lr=0.5"]) == 2
     assert "cannot change ['training.lr']" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("shortcut", "field"),
+    [
+        (["--rounds", "0"], "federation.rounds"),
+        (["--clients", "0"], "data.num_clients"),
+    ],
+)
+def test_shortcuts_are_validated_like_set(
+    shortcut: list[str], field: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["partition", DEMO, *shortcut]) == 2
+    line = _one_error_line(capsys)
+    assert field in line and "0" in line
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["--set", "federation.rounds=abc", "--rounds", "3"],
+        ["--clients", "4", "--set", "data.num_clients=5"],
+        ["--strategy", "psl", "--set", 'query.strategy="random"'],
+    ],
+)
+def test_a_shortcut_and_set_on_the_same_field_are_refused(
+    arguments: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["partition", DEMO, *arguments]) == 2
+    assert "give one of them" in _one_error_line(capsys)
