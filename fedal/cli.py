@@ -59,7 +59,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     print(
-        f"fedal: {config.experiment.name} | {config.data.dataset} | "
+        f"fedal: {config.query.privacy_mode} | {config.experiment.name} | "
+        f"{config.data.dataset} | "
         f"{config.data.num_clients} clients ({config.data.partition}) | "
         f"strategy {config.query.strategy} | {config.federation.rounds} rounds",
         flush=True,

@@ -108,6 +108,16 @@ class QuerySection:
     private_data: str = "candidates"
     options: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def privacy_mode(self) -> str:
+        """What ``private_data`` guarantees, in one line (README, "Privacy modes")."""
+        if self.private_data == "all":
+            return (
+                "paper mode (private networks study protected data; it is never labelled, "
+                "uploaded or used by the helper)"
+            )
+        return "strict mode (protected data influences nothing that leaves the client)"
+
 
 @dataclass(frozen=True)
 class FederationSection:

@@ -42,6 +42,8 @@ def tiny_config(data_dir: Path, output_dir: Path, *overrides: str) -> Experiment
         "experiments/configs/demo.toml",
         [
             f'data.data_dir="{data_dir}"',
+            'query.strategy="entropy"',  # strict mode unless a test asks otherwise
+            'query.private_data="candidates"',
             "data.num_clients=3",
             "data.initial_labels_per_client=6",
             "query.budget_per_query=5",

@@ -121,6 +121,41 @@ def test_protected_pixels_never_influence_uploads_or_ledger(
     assert_same_uploads(original, perturbed)
 
 
+def test_paper_mode_protected_data_reaches_the_choice_only(tmp_path: Path, data_dir: Path) -> None:
+    """``query.private_data = "all"`` (the demo's paper mode): PSL's peers study the
+    protected data, so the *choice* of samples may depend on it, but protected samples
+    are never labelled, and a helper trained on the same ledger uploads the same arrays.
+
+    Rounds whose labelled set (the ledger of earlier rounds) is the same in both runs
+    must upload bit-identical helpers; the negative control checks that the ledger does
+    change here, so the strict test above would have caught this mode."""
+    overrides = ('query.strategy="psl"', 'query.private_data="all"', "query.options.epochs=2")
+    config = tiny_config(data_dir, tmp_path, *overrides)
+    original = run(config, tmp_path / "original")
+    protected = protected_indices(config)
+    images = load_dataset("fashion-mnist", str(data_dir)).train_x[:, 0].copy()
+    images[protected] = 255 - images[protected]
+    perturbed_dir = write_small_fashion_mnist(tmp_path / "perturbed", train_images=images)
+    perturbed = run(tiny_config(perturbed_dir, tmp_path, *overrides), tmp_path / "perturbed-run")
+
+    ledgers = read_ledger(original), read_ledger(perturbed)
+    for ledger in ledgers:
+        assert np.isin(ledger[:, 2], protected).sum() == 0
+    assert not np.array_equal(*ledgers), "negative control: the choice depends on protected data"
+    before, after = uploads(original), uploads(perturbed)
+    assert before.keys() == after.keys() and len(before) == 2 * 3
+    same_ledger_rounds = [
+        server_round
+        for server_round in (1, 2)
+        if np.array_equal(*(ledger[ledger[:, 1] < server_round] for ledger in ledgers))
+    ]
+    assert 1 in same_ledger_rounds
+    for name, arrays in before.items():
+        if int(name.split("-")[1]) in same_ledger_rounds:
+            for key, value in arrays.items():
+                assert np.array_equal(value, after[name][key]), f"{name}:{key} differs"
+
+
 def test_partial_participation_draws_the_same_clients_every_run(
     data_dir: Path, tmp_path: Path
 ) -> None:
