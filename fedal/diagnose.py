@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -186,7 +186,7 @@ def study(
     label: str,
     seed: int,
     budget: int,
-    build_model: Any,
+    build_model: Callable[..., nn.Module],
     device: torch.device,
     batch_size: int = 512,
 ) -> StudyReport:
