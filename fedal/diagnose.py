@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -121,7 +121,6 @@ class StudyReport:
     picks: dict[str, PickReport]
     reference_peer_accuracy: float | None = None
     fit_seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def worst_peer_gap(self) -> float | None:
@@ -145,15 +144,7 @@ def reference_options(option_text: str, reference: str) -> str:
     without those that only act in out-of-class study (so twins are shared)."""
     own = {k: v for k, v in parse_option_set(option_text).items() if k not in OUT_OF_CLASS_ONLY}
     merged = {**own, **parse_option_set(reference)}
-    return " ".join(f"{key}={_toml(value)}" for key, value in merged.items())
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, str):
-        return f'"{value}"'
-    return str(value)
+    return " ".join(f"{key}={json.dumps(value)}" for key, value in merged.items())
 
 
 def draw_split(dataset: LoadedDataset, settings: DiagnoseSettings, seed: int) -> StudySplit:
