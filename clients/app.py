@@ -1,8 +1,10 @@
 """Flower ``ClientApp`` (Message API): one stateful federated active-learning client.
 
-The server sends the global task-model arrays and the flattened experiment config;
-the client runs :func:`clients.round.run_client_round` and replies with the helper's
-arrays and a ``MetricRecord``. Nothing else leaves the client. With
+The server sends the global task-model arrays and a :class:`~clients.protocol.RoundTask`
+(the experiment config and the absolute round); the client runs
+:func:`clients.round.run_client_round` and replies with a
+:class:`~clients.protocol.RoundReply` (the helper's arrays and its report). Nothing else
+leaves the client. With
 ``experiment.checkpoint`` it also writes its state to the run's checkpoint directory
 after each round, and a resumed run (``experiment.resume``) starts from that file.
 """
@@ -11,9 +13,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from clients.protocol import (
+    CLIENT_ID_ACTION,
+    ClientIdAnswer,
+    ClientIdQuery,
+    RoundTask,
+)
 from clients.round import run_client_round
 from clients.state import (
     POOL_KEY,
@@ -26,10 +34,9 @@ from clients.state import (
     save_pool,
     save_strategy_state,
 )
-from fedal.checkpoint import ROUND_OFFSET_KEY, load_client_checkpoint, save_client_checkpoint
-from fedal.config import from_flat
+from fedal.checkpoint import load_client_checkpoint, save_client_checkpoint
 from fedal.corruptions import experiment_data
-from fedal.participation import CLIENT_ID_ACTION, CLIENT_ID_KEY, NUM_CLIENTS_KEY
+from fedal.rundir import RunDirectory
 from fedal.shards import load_experiment
 from fedal.training import default_device
 from strategies import build_strategy
@@ -58,23 +65,21 @@ def partition_of(context: Context, num_clients: int) -> int:
 @app.query(CLIENT_ID_ACTION)
 def client_id(msg: Message, context: Context) -> Message:
     """Tell the server this node's client id (for reproducible client sampling)."""
-    num_clients = int(msg.content["config"][NUM_CLIENTS_KEY])
-    answer = ConfigRecord({CLIENT_ID_KEY: partition_of(context, num_clients)})
-    return Message(content=RecordDict({"client": answer}), reply_to=msg)
+    query = ClientIdQuery.from_content(msg.content)
+    answer = ClientIdAnswer(partition_of(context, query.num_clients))
+    return Message(content=answer.to_content(), reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One round: train the helper, query, reply with helper arrays and metrics."""
-    config_record = msg.content["config"]
-    config = from_flat(dict(config_record))
-    resumed_after = int(config_record.get(ROUND_OFFSET_KEY, 0))  # rounds before a resume
-    server_round = int(config_record["server-round"]) + resumed_after
+    task = RoundTask.from_message(msg)
+    config, server_round = task.config, task.server_round
     client = partition_of(context, config.data.num_clients)
-    run_dir = Path(config.experiment.run_dir)
-    if config.experiment.resume and POOL_KEY not in context.state:
+    run = RunDirectory(Path(config.experiment.run_dir))
+    if task.resumed_after is not None and POOL_KEY not in context.state:
         # files of rounds after the server's checkpoint belong to the interrupted run
-        restored = load_client_checkpoint(run_dir, client, resumed_after)
+        restored = load_client_checkpoint(run, client, task.resumed_after)
         if restored is not None:
             import_state(context.state, restored)
     book = load_book(context.state)
@@ -83,30 +88,26 @@ def train(msg: Message, context: Context) -> Message:
         experiment = load_experiment(config)
         pool = experiment.new_pool(config, client)
         dataset = experiment.dataset
-        book["total-noisy"] = sum(len(block) for block in experiment.noisy)
+        book.total_noisy = sum(len(block) for block in experiment.noisy)
     else:
-        dataset = experiment_data(config, book["total-noisy"])
+        dataset = experiment_data(config, book.total_noisy)
     strategy = build_strategy(config.query.strategy, config.query.options)
     strategy.load_state_dict(load_strategy_state(context.state))
 
-    outcome = run_client_round(
+    reply = run_client_round(
         config,
         dataset,
         pool,
         strategy,
-        msg.content["arrays"].to_torch_state_dict(),
+        msg.content.array_records["arrays"].to_torch_state_dict(),
         server_round,
         default_device(),
-        ledger_from=book["ledger-reported"],
+        ledger_from=book.ledger_reported,
     )
-    book["ledger-reported"] = len(pool.ledger)
+    book.ledger_reported = len(pool.ledger)
     save_pool(context.state, pool)
     save_strategy_state(context.state, strategy.state_dict())
     save_book(context.state, book)
     if config.experiment.checkpoint:
-        save_client_checkpoint(run_dir, client, server_round, export_state(context.state))
-
-    reply = RecordDict(
-        {"arrays": ArrayRecord(outcome.helper_state), "metrics": MetricRecord(outcome.metrics)}
-    )
-    return Message(content=reply, reply_to=msg)
+        save_client_checkpoint(run, client, server_round, export_state(context.state))
+    return Message(content=reply.to_content(), reply_to=msg)

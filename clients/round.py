@@ -12,16 +12,18 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
+from clients.protocol import RoundReply
 from fedal.config import ExperimentConfig
 from fedal.datasets import LoadedDataset
-from fedal.finetune import EmaModel, finetune_on_confident
+from fedal.ema import EmaModel
+from fedal.finetune import finetune_on_confident
 from fedal.models import build_for_dataset
 from fedal.pool import ClientPool
+from fedal.reports import ClientReport
 from fedal.shards import ROUND_STREAM, client_rng, make_oracle
 from fedal.training import TrainStats, train_supervised
 from fedal.views import SampleView
@@ -30,14 +32,6 @@ from strategies import QueryStrategy, RoundContext
 
 class SelectionError(RuntimeError):
     """A query strategy broke the selection contract."""
-
-
-@dataclass
-class RoundOutcome:
-    """What a client round produced: weights to upload and metrics to report."""
-
-    helper_state: dict[str, torch.Tensor]
-    metrics: dict[str, Any]
 
 
 def round_seed(config: ExperimentConfig, client: int, server_round: int) -> int:
@@ -131,7 +125,7 @@ def query(strategy: QueryStrategy, context: RoundContext, budget: int) -> QueryO
     return QueryOutcome(picks, fitted - started, time.perf_counter() - fitted)
 
 
-def round_metrics(
+def round_report(
     dataset: LoadedDataset,
     pool: ClientPool,
     training: HelperTraining,
@@ -139,33 +133,31 @@ def round_metrics(
     budget: int,
     candidates_before: int,
     ledger_from: int,
-) -> dict[str, Any]:
-    """Step 5: the MetricRecord content (counts, timings, selection statistics, new ledger)."""
+) -> ClientReport:
+    """Step 5: counts, timings, selection statistics and the ledger rows not yet reported."""
     count = len(outcome.picks)
     new_labels = pool.labels[len(pool.labels) - count :]
     new_indices = pool.labelled[len(pool.labelled) - count :]
     noisy_marks = dataset.train_noisy
-    unreported = pool.ledger_array()[ledger_from:]
-    return {
-        "client": pool.client,
-        "num-examples": len(pool.labelled) - count,
-        "labels-used": len(pool.labelled),
-        "new-labels": count,
-        "new-noisy": int(noisy_marks[new_indices].sum()) if noisy_marks is not None else 0,
-        "candidates-left": len(pool.candidates),
-        "budget-short": int(budget > candidates_before),
-        "train-loss": training.stats.loss,
-        "train-seconds": training.stats.seconds,
-        "finetune-confident": training.confident,
-        "fit-seconds": outcome.fit_seconds,
-        "select-seconds": outcome.select_seconds,
-        "selected-class-histogram": np.bincount(
-            new_labels, minlength=dataset.meta.num_classes
-        ).tolist(),
-        "ledger-round": unreported[:, 1].tolist(),
-        "ledger-index": unreported[:, 2].tolist(),
-        "ledger-label": unreported[:, 3].tolist(),
-    }
+    unreported = pool.ledger_array()[ledger_from:, 1:]
+    return ClientReport(
+        client=pool.client,
+        num_examples=len(pool.labelled) - count,
+        labels_used=len(pool.labelled),
+        new_labels=count,
+        new_noisy=int(noisy_marks[new_indices].sum()) if noisy_marks is not None else 0,
+        candidates_left=len(pool.candidates),
+        budget_short=budget > candidates_before,
+        train_loss=training.stats.loss,
+        train_seconds=training.stats.seconds,
+        finetune_confident=training.confident,
+        fit_seconds=outcome.fit_seconds,
+        select_seconds=outcome.select_seconds,
+        selected_class_histogram=tuple(
+            np.bincount(new_labels, minlength=dataset.meta.num_classes).tolist()
+        ),
+        ledger=tuple(tuple(row) for row in unreported.tolist()),
+    )
 
 
 def run_client_round(
@@ -177,10 +169,10 @@ def run_client_round(
     server_round: int,
     device: torch.device,
     ledger_from: int = 0,
-) -> RoundOutcome:
+) -> RoundReply:
     """Train the helper, then (on query rounds) select, label and grow the pool.
 
-    The metrics carry the ledger entries from position ``ledger_from`` on (those not yet
+    The report carries the ledger entries from position ``ledger_from`` on (those not yet
     reported, e.g. the initial labels of round 0 plus this round's).
     """
     seed = round_seed(config, pool.client, server_round)
@@ -219,5 +211,5 @@ def run_client_round(
         chosen = candidates.positions[outcome.picks]
         pool.add_labels(chosen, make_oracle(config, dataset, pool).label(chosen), server_round)
 
-    metrics = round_metrics(dataset, pool, training, outcome, budget, len(candidates), ledger_from)
-    return RoundOutcome(helper_state=helper_state, metrics=metrics)
+    report = round_report(dataset, pool, training, outcome, budget, len(candidates), ledger_from)
+    return RoundReply(helper_state=helper_state, report=report)

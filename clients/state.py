@@ -9,16 +9,32 @@ generators are derived from (seed, client, round).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
+from clients.protocol import record_int
 from fedal.pool import ClientPool
 
 POOL_KEY = "fedal.pool"
 STRATEGY_KEY = "fedal.strategy"
 BOOK_KEY = "fedal.book"
+
+
+@dataclass
+class Book:
+    """Bookkeeping counters: ledger entries already reported, and heteroskedastic
+    examples appended to the training set (so later rounds rebuild the same dataset
+    without re-partitioning)."""
+
+    ledger_reported: int = 0
+    total_noisy: int = 0
+
+
+def _arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {name: record[name].numpy() for name in record}
 
 
 def save_pool(state: RecordDict, pool: ClientPool) -> None:
@@ -32,8 +48,7 @@ def load_pool(state: RecordDict, client: int) -> ClientPool | None:
     """The stored pool, or None on the client's first round."""
     if POOL_KEY not in state:
         return None
-    record = state[POOL_KEY]
-    return ClientPool.from_arrays(client, {name: record[name].numpy() for name in record})
+    return ClientPool.from_arrays(client, _arrays(state.array_records[POOL_KEY]))
 
 
 def save_strategy_state(state: RecordDict, tensors: Mapping[str, torch.Tensor]) -> None:
@@ -50,33 +65,32 @@ def load_strategy_state(state: RecordDict) -> dict[str, torch.Tensor]:
     """The stored strategy state (empty on the first round)."""
     if STRATEGY_KEY not in state:
         return {}
-    record = state[STRATEGY_KEY]
-    return {name: torch.from_numpy(record[name].numpy().copy()) for name in record}
+    stored = _arrays(state.array_records[STRATEGY_KEY])
+    return {name: torch.from_numpy(array.copy()) for name, array in stored.items()}
 
 
-def load_book(state: RecordDict) -> dict[str, int]:
-    """Bookkeeping counters: ``ledger-reported`` (ledger entries already sent) and
-    ``total-noisy`` (heteroskedastic examples appended to the training set, so later
-    rounds rebuild the same dataset without re-partitioning)."""
+def load_book(state: RecordDict) -> Book:
+    """The bookkeeping counters (zero on the first round)."""
     if BOOK_KEY not in state:
-        return {"ledger-reported": 0, "total-noisy": 0}
-    return {name: int(value) for name, value in state[BOOK_KEY].items()}
+        return Book()
+    record = state.config_records[BOOK_KEY]
+    return Book(**{name: record_int(record, name) for name in record})
 
 
-def save_book(state: RecordDict, book: Mapping[str, int]) -> None:
+def save_book(state: RecordDict, book: Book) -> None:
     """Store the bookkeeping counters."""
-    state[BOOK_KEY] = ConfigRecord(dict(book))
+    state[BOOK_KEY] = ConfigRecord(asdict(book))
 
 
 def export_state(state: RecordDict) -> dict[str, dict[str, np.ndarray]]:
     """The stored pool, strategy state and bookkeeping as named sections of arrays
     (for :func:`fedal.checkpoint.save_client_checkpoint`)."""
-    sections: dict[str, dict[str, np.ndarray]] = {
-        key: {name: state[key][name].numpy() for name in state[key]}
-        for key in (POOL_KEY, STRATEGY_KEY)
-        if key in state
+    sections = {
+        key: _arrays(state.array_records[key]) for key in (POOL_KEY, STRATEGY_KEY) if key in state
     }
-    sections[BOOK_KEY] = {name: np.asarray(value) for name, value in load_book(state).items()}
+    sections[BOOK_KEY] = {
+        name: np.asarray(value) for name, value in asdict(load_book(state)).items()
+    }
     return sections
 
 
@@ -86,4 +100,5 @@ def import_state(state: RecordDict, sections: Mapping[str, Mapping[str, np.ndarr
         if key in sections:
             arrays = sections[key].items()
             state[key] = ArrayRecord({name: Array(np.ascontiguousarray(v)) for name, v in arrays})
-    save_book(state, {name: int(value) for name, value in sections.get(BOOK_KEY, {}).items()})
+    book = sections.get(BOOK_KEY, {})
+    save_book(state, Book(**{name: int(value) for name, value in book.items()}))

@@ -1,6 +1,6 @@
 """On-disk checkpoints for resuming a run (DESIGN section 3: "plus an on-disk checkpoint").
 
-``<run_dir>/checkpoints/``:
+In the run directory's ``checkpoints/`` (file names: :class:`fedal.rundir.RunDirectory`):
 
 - ``server.npz``: the global task-model arrays after the last recorded round, that round,
   and how many ledger rows the run directory held then. Rewritten after every round.
@@ -16,21 +16,19 @@ checkpoint. Arrays are stored as ``<section>/<name>`` entries of one ``.npz``.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-CHECKPOINT_DIR = "checkpoints"
-SERVER_FILE = "server.npz"
+from fedal.rundir import RunDirectory
+
 KEPT_PER_CLIENT = 2
 ROUND_KEY = "meta/round"
 LEDGER_ROWS_KEY = "meta/ledger_rows"
 MODEL_SECTION = "model"
 MOMENTUM_SECTION = "momentum"
-ROUND_OFFSET_KEY = "round-offset"  # train-config key: rounds done before this resume
 
 Sections = dict[str, dict[str, np.ndarray]]
 
@@ -45,25 +43,21 @@ class ServerCheckpoint:
     momentum: list[np.ndarray]  # FedAvgM's server momentum (empty otherwise)
 
 
-def checkpoint_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / CHECKPOINT_DIR
-
-
-def save_server_checkpoint(run_dir: Path, checkpoint: ServerCheckpoint) -> None:
+def save_server_checkpoint(run: RunDirectory, checkpoint: ServerCheckpoint) -> None:
     """Replace ``server.npz`` with ``checkpoint``."""
     momentum = {str(position): array for position, array in enumerate(checkpoint.momentum)}
     entries = _flatten({MODEL_SECTION: checkpoint.arrays, MOMENTUM_SECTION: momentum})
     entries[ROUND_KEY] = np.asarray(checkpoint.round)
     entries[LEDGER_ROWS_KEY] = np.asarray(checkpoint.ledger_rows)
-    _write_atomically(checkpoint_dir(run_dir) / SERVER_FILE, entries)
+    _write_atomically(run.server_checkpoint_file, entries)
 
 
-def load_server_checkpoint(run_dir: Path) -> ServerCheckpoint:
-    """The server checkpoint of ``run_dir``; a clear error when there is none."""
-    path = checkpoint_dir(run_dir) / SERVER_FILE
+def load_server_checkpoint(run: RunDirectory) -> ServerCheckpoint:
+    """The server checkpoint of ``run``; a clear error when there is none."""
+    path = run.server_checkpoint_file
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} does not exist: {run_dir} has no checkpoint to resume from (was it "
+            f"{path} does not exist: {run.path} has no checkpoint to resume from (was it "
             "run with experiment.checkpoint = false, or stopped before its first round?)"
         )
     entries = _read(path)
@@ -78,32 +72,20 @@ def load_server_checkpoint(run_dir: Path) -> ServerCheckpoint:
     )
 
 
-def save_client_checkpoint(run_dir: Path, client: int, server_round: int, state: Sections) -> None:
+def save_client_checkpoint(
+    run: RunDirectory, client: int, server_round: int, state: Sections
+) -> None:
     """Write client ``client``'s state after ``server_round``; prune older files."""
-    directory = checkpoint_dir(run_dir)
-    _write_atomically(directory / f"client-{client}-round-{server_round}.npz", _flatten(state))
-    for _, stale in _client_files(directory, client)[:-KEPT_PER_CLIENT]:
+    _write_atomically(run.client_checkpoint_file(client, server_round), _flatten(state))
+    for _, stale in run.client_checkpoint_files(client)[:-KEPT_PER_CLIENT]:
         stale.unlink(missing_ok=True)
 
 
-def load_client_checkpoint(run_dir: Path, client: int, through_round: int) -> Sections | None:
+def load_client_checkpoint(run: RunDirectory, client: int, through_round: int) -> Sections | None:
     """Client ``client``'s newest state saved at or before ``through_round`` (None if the
     client had not trained by then)."""
-    files = [
-        path for r, path in _client_files(checkpoint_dir(run_dir), client) if r <= through_round
-    ]
+    files = [path for r, path in run.client_checkpoint_files(client) if r <= through_round]
     return _unflatten(_read(files[-1])) if files else None
-
-
-def _client_files(directory: Path, client: int) -> list[tuple[int, Path]]:
-    """``(round, path)`` of the client's checkpoint files, oldest first."""
-    pattern = re.compile(rf"client-{client}-round-(\d+)\.npz")
-    found = []
-    for path in directory.glob(f"client-{client}-round-*.npz"):
-        match = pattern.fullmatch(path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return sorted(found)
 
 
 def _flatten(sections: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -131,5 +113,5 @@ def _write_atomically(path: Path, entries: Mapping[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with temporary.open("wb") as handle:
-        np.savez(handle, **entries)
+        np.savez(handle, allow_pickle=False, **entries)
     os.replace(temporary, path)

@@ -8,8 +8,19 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fedal.config import ConfigError, ExperimentConfig, flatten, load_config, parse_override
+from fedal.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    from_dict,
+    load_config,
+    parse_override,
+)
+
+if TYPE_CHECKING:
+    from fedal.rundir import RunDirectory
 
 DEFAULT_CONFIG = "experiments/configs/demo.toml"
 
@@ -51,13 +62,13 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate everything (before Ray starts), then simulate the federation."""
-    from fedal.preflight import preflight
-    from fedal.results import new_run_dir
+    from fedal.app.preflight import preflight
+    from fedal.rundir import RunDirectory
 
     config = _config_from_args(args)
     preflight(config)
-    run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run = RunDirectory(Path(args.run_dir)) if args.run_dir else RunDirectory.create(config)
+    run.path.mkdir(parents=True, exist_ok=True)
     print(
         f"fedal: {config.query.privacy_mode} | {config.experiment.name} | "
         f"{config.data.dataset} | "
@@ -65,15 +76,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"strategy {config.query.strategy} | {config.federation.rounds} rounds",
         flush=True,
     )
-    from fedal.simulation import simulate
+    from fedal.app.simulation import simulate
 
-    simulate(config, run_dir, ray_address=args.ray_address, verbose=args.verbose)
-    _print_summary(run_dir)
+    config = config.replace("experiment", run_dir=str(run.path))
+    simulate(config, ray_address=args.ray_address, verbose=args.verbose)
+    _print_summary(run)
     return 0
 
 
-def _print_summary(run_dir: Path) -> None:
-    summary = json.loads((run_dir / "summary.json").read_text())
+def _print_summary(run: RunDirectory) -> None:
+    summary = run.read_summary()
     print(
         f"final accuracy {summary['final_accuracy']:.2%} with {summary['final_labels']} labels; "
         f"AUC {summary['auc_accuracy_vs_labels']:.4f}",
@@ -81,39 +93,30 @@ def _print_summary(run_dir: Path) -> None:
     )
 
 
-RESUMABLE_CHANGES = {"federation.rounds", "federation.client_cpus", "federation.client_gpus"}
-
-
 def cmd_resume(args: argparse.Namespace) -> int:
     """Continue a run directory from its checkpoint (after a crash, or to add rounds)."""
-    from fedal.results import CONFIG_FILE
-
-    run_dir = Path(args.run_dir)
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise ConfigError(f"{run_dir}: not a fedal run directory (no {CONFIG_FILE})")
-    recorded = flatten(load_config(run_dir / CONFIG_FILE))
-    config = load_config(run_dir / CONFIG_FILE, _overrides(args))
-    changed = {key for key, value in flatten(config).items() if recorded.get(key) != value}
-    if changed - RESUMABLE_CHANGES:
-        raise ConfigError(
-            f"resume: cannot change {sorted(changed - RESUMABLE_CHANGES)} of a recorded run; "
-            f"only {sorted(RESUMABLE_CHANGES)}"
-        )
     from fedal.checkpoint import load_server_checkpoint
-    from fedal.simulation import simulate
+    from fedal.resume import check_resume
+    from fedal.rundir import RunDirectory
 
+    run = RunDirectory.existing(args.run_dir)
+    tables = run.read_config_tables()
+    config = from_dict(apply_overrides(tables, _overrides(args)))
+    check_resume(from_dict(tables), config)
     try:
-        done = load_server_checkpoint(run_dir).round
+        done = load_server_checkpoint(run).round
     except FileNotFoundError as error:
         raise ConfigError(str(error)) from None
     if done >= config.federation.rounds:
         raise ConfigError(
-            f"{run_dir} already has {done} of federation.rounds={config.federation.rounds} "
+            f"{run.path} already has {done} of federation.rounds={config.federation.rounds} "
             f"rounds; pass --rounds N (N > {done}) to continue it"
         )
-    config = config.replace("experiment", resume=True)
-    simulate(config, run_dir, ray_address=args.ray_address, verbose=args.verbose)
-    _print_summary(run_dir)
+    from fedal.app.simulation import simulate
+
+    config = config.replace("experiment", resume=True, run_dir=str(run.path))
+    simulate(config, ray_address=args.ray_address, verbose=args.verbose)
+    _print_summary(run)
     return 0
 
 
@@ -140,7 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_partition(args: argparse.Namespace) -> int:
     """Print the partition summary table and optionally save it as JSON."""
-    from fedal.preflight import preflight, render_partition
+    from fedal.app.preflight import preflight, render_partition
 
     config = _config_from_args(args)
     summary = preflight(config)
@@ -153,10 +156,10 @@ def cmd_partition(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     """Overlay runs into one PNG."""
     from fedal.plots import plot_runs
+    from fedal.rundir import RunDirectory
 
     for run_dir in args.run_dirs:
-        if not (Path(run_dir) / "rounds.jsonl").is_file():
-            raise ConfigError(f"{run_dir}: not a fedal run directory (no rounds.jsonl)")
+        RunDirectory.existing(run_dir)
     out = plot_runs([Path(p) for p in args.run_dirs], Path(args.output), args.title)
     print(out)
     return 0
@@ -164,8 +167,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run strategies x seeds, then plot them together and print the mean ± std table."""
+    from fedal.app.sweep import markdown_table, run_grid, summary_rows
     from fedal.plots import plot_runs
-    from fedal.sweep import markdown_table, run_grid, summary_rows
 
     strategies = [name.strip() for name in args.strategies.split(",") if name.strip()]
     seeds = [int(seed) for seed in args.seeds.split(",")]
@@ -178,11 +181,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_table(args: argparse.Namespace) -> int:
     """Print the mean ± std table of finished runs (grouped by everything but the seed)."""
-    from fedal.sweep import markdown_table, summary_rows
+    from fedal.app.sweep import markdown_table, summary_rows
+    from fedal.rundir import RunDirectory
 
     for run_dir in args.run_dirs:
-        if not (Path(run_dir) / "summary.json").is_file():
-            raise ConfigError(f"{run_dir}: not a finished fedal run (no summary.json)")
+        RunDirectory.existing(run_dir).read_summary()
     rows = summary_rows([Path(run) for run in args.run_dirs], args.reference)
     print(markdown_table(rows, args.reference))
     return 0
@@ -278,8 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     selection.add_argument("-o", "--output", required=True)
     selection.set_defaults(handler=cmd_selection)
 
-    from fedal.bench import add_bench_parser
-    from fedal.diagnose import add_diagnose_parser
+    from fedal.app.bench.cli import add_bench_parser
+    from fedal.app.diagnose import add_diagnose_parser
 
     add_bench_parser(commands)
     add_diagnose_parser(commands)

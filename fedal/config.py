@@ -3,18 +3,33 @@
 A config has one table per concern (``[experiment]``, ``[data]``, ``[oracle]``,
 ``[model]``, ``[training]``, ``[query]``, ``[federation]``). Flower's run config is flat,
 so :func:`flatten` / :func:`from_flat` convert to and from ``"section.key"`` strings.
-Every bad value fails with one line naming the field, the value, and what is allowed.
+Every section is a :class:`fedal.schema.Schema`: every bad value fails with one line
+naming the field, the value, and what is allowed (:func:`fedal.schema.validated`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
+
+from pydantic import Field
+
+from fedal.choices import (
+    Aggregation,
+    Corruption,
+    DatasetName,
+    ModelName,
+    NoiseModel,
+    Optimizer,
+    PartitionScheme,
+    PrivateData,
+    Schedule,
+    ScoringModel,
+)
+from fedal.schema import ConfigError, Schema, validated
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,91 +37,86 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names field, value and what is allowed."""
-
-
-@dataclass(frozen=True)
-class ExperimentSection:
+class ExperimentSection(Schema):
     """Run identity and where results go."""
 
     name: str = "experiment"
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     output_dir: str = "runs"
     run_dir: str = ""
-    target_accuracy: float = 0.8
+    target_accuracy: float = Field(0.8, ge=0, le=1)
     save_uploads: bool = False
     checkpoint: bool = True
     resume: bool = False
 
 
-@dataclass(frozen=True)
-class DataSection:
+class DataSection(Schema):
     """Dataset, partition across clients, protected split and initial labelled pool."""
 
-    dataset: str = "fashion-mnist"
+    dataset: DatasetName = "fashion-mnist"
     data_dir: str = ""
-    partition: str = "iid"
-    alpha: float = 0.5
-    classes_per_client: int = 2
-    quantity_sigma: float = 1.0
-    num_clients: int = 10
-    protected_fraction: float = 0.9
-    initial_labels_per_client: int = 20
-    train_subset: int = 0
-    test_subset: int = 0
-    corruption: str = "none"
-    corruption_share: float = 0.3
+    partition: PartitionScheme = "iid"
+    alpha: float = Field(0.5, gt=0)
+    classes_per_client: int = Field(2, ge=1)
+    quantity_sigma: float = Field(1.0, gt=0)
+    num_clients: int = Field(10, ge=1)
+    protected_fraction: float = Field(0.9, ge=0, lt=1)
+    initial_labels_per_client: int = Field(20, ge=0)
+    train_subset: int = Field(0, ge=0, description="0 (all) or a positive count")
+    test_subset: int = Field(0, ge=0, description="0 (all) or a positive count")
+    corruption: Corruption = "none"
+    corruption_share: float = Field(0.3, ge=0, lt=1)
     corruption_class: int = 1
-    corruption_unique: int = 100
+    corruption_unique: int = Field(100, ge=1)
 
 
-@dataclass(frozen=True)
-class OracleSection:
+class OracleSection(Schema):
     """The annotator: noise model and rate."""
 
-    noise: str = "none"
-    rate: float = 0.0
+    noise: NoiseModel = "none"
+    rate: float = Field(0.0, ge=0, le=1)
 
 
-@dataclass(frozen=True)
-class ModelSection:
+class ModelSection(Schema):
     """Helper / task model architecture."""
 
-    helper: str = "cnn"
-    dropout: float = 0.0
+    helper: ModelName = "cnn"
+    dropout: float = Field(0.0, ge=0, lt=1)
 
 
-@dataclass(frozen=True)
-class TrainingSection:
+class TrainingSection(Schema):
     """Supervised training of the helper on each client's labelled data."""
 
-    epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.05
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "constant"
+    epochs: int = Field(1, ge=0)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.05, gt=0)
+    optimizer: Optimizer = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Schedule = "constant"
     augment: bool = True
-    eval_batch_size: int = 512
+    eval_batch_size: int = Field(512, ge=1)
     finetune: bool = False
-    finetune_gamma: float = 0.9
-    finetune_iterations: int = 1
-    finetune_ema_decay: float = 0.99
+    finetune_gamma: float = Field(0.9, ge=0, lt=1)
+    finetune_iterations: int = Field(1, ge=0)
+    finetune_ema_decay: float = Field(0.99, ge=0, lt=1)
 
 
-@dataclass(frozen=True)
-class QuerySection:
-    """Active learning: which strategy, how often, how much."""
+class QuerySection(Schema):
+    """Active learning: which strategy, how often, how much.
+
+    ``strategy`` names a registered query strategy and ``options`` are that strategy's
+    own settings; both are checked against the strategy registry at the edge
+    (:func:`fedal.app.preflight.check_strategy`), where the strategies are importable.
+    """
 
     strategy: str = "random"
-    budget_per_query: int = 10
-    query_every: int = 1
-    max_labels_per_client: int = 0
-    scoring_model: str = "helper"
-    private_data: str = "candidates"
-    options: dict[str, Any] = field(default_factory=dict)
+    budget_per_query: int = Field(10, ge=0)
+    query_every: int = Field(1, ge=1)
+    max_labels_per_client: int = Field(0, ge=0, description="0 (no cap) or a positive count")
+    scoring_model: ScoringModel = "helper"
+    private_data: PrivateData = "candidates"
+    options: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def privacy_mode(self) -> str:
@@ -119,102 +129,55 @@ class QuerySection:
         return "strict mode (protected data influences nothing that leaves the client)"
 
 
-@dataclass(frozen=True)
-class FederationSection:
+class FederationSection(Schema):
     """Rounds, participation, aggregation and client resources."""
 
-    rounds: int = 10
-    fraction_train: float = 1.0
-    aggregation: str = "fedavg"
+    rounds: int = Field(10, ge=1)
+    fraction_train: float = Field(1.0, gt=0, le=1)
+    aggregation: Aggregation = "fedavg"
     proximal_mu: float = 0.01
     server_lr: float = 1.0
     server_momentum: float = 0.9
-    client_cpus: float = 1.0
-    client_gpus: float = 0.0
+    client_cpus: float = Field(1.0, gt=0)
+    client_gpus: float = Field(0.0, ge=0, le=1)
 
 
-@dataclass(frozen=True)
-class ExperimentConfig:
+class ExperimentConfig(Schema):
     """The whole experiment; every field has a default."""
 
-    experiment: ExperimentSection = field(default_factory=ExperimentSection)
-    data: DataSection = field(default_factory=DataSection)
-    oracle: OracleSection = field(default_factory=OracleSection)
-    model: ModelSection = field(default_factory=ModelSection)
-    training: TrainingSection = field(default_factory=TrainingSection)
-    query: QuerySection = field(default_factory=QuerySection)
-    federation: FederationSection = field(default_factory=FederationSection)
+    experiment: ExperimentSection = Field(default_factory=ExperimentSection)
+    data: DataSection = Field(default_factory=DataSection)
+    oracle: OracleSection = Field(default_factory=OracleSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    query: QuerySection = Field(default_factory=QuerySection)
+    federation: FederationSection = Field(default_factory=FederationSection)
 
     def replace(self, section: str, **changes: Any) -> ExperimentConfig:
-        """A copy with some fields of one section changed."""
-        updated = dataclasses.replace(getattr(self, section), **changes)
-        return dataclasses.replace(self, **{section: updated})
+        """A copy with some fields of one section changed (validated again)."""
+        tables = self.to_dict()
+        tables[section] = {**tables[section], **changes}
+        return from_dict(tables)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Nested plain dictionary (TOML/JSON ready)."""
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
 
-SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(ExperimentConfig)}
-_SECTION_TYPES = get_type_hints(ExperimentConfig)
+SECTIONS: dict[str, type[Schema]] = {
+    name: field.annotation  # type: ignore[misc]
+    for name, field in ExperimentConfig.model_fields.items()
+}
 OPTIONS_PREFIX = "query.options."
 
 
-def _coerce(section: str, name: str, value: Any, expected: type) -> Any:
-    """Coerce a TOML / override / Flower run-config value to the field's type."""
-    where = f"{section}.{name}"
-    if expected is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in {"true", "false", "1", "0"}:
-            return value.lower() in {"true", "1"}
-        raise ConfigError(f"{where}: {value!r} is not a boolean (allowed: true, false)")
-    if expected is int:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ConfigError(f"{where}: {value!r} is not an integer")
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: {value!r} is not an integer") from None
-    if expected is float:
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: {value!r} is not a number") from None
-    if expected is str:
-        return str(value)
-    return value
-
-
-def _build_section(name: str, values: Mapping[str, Any]) -> Any:
-    section_type = _SECTION_TYPES[name]
-    hints = get_type_hints(section_type)
-    unknown = sorted(set(values) - set(hints))
-    if unknown:
-        given = ", ".join(f"{name}.{key}={values[key]!r}" for key in unknown)
-        raise ConfigError(f"{given}: unknown field(s); allowed: {', '.join(sorted(hints))}")
-    coerced: dict[str, Any] = {}
-    for key, value in values.items():
-        if key == "options":
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{name}.options: expected a table, got {value!r}")
-            coerced[key] = dict(value)
-        else:
-            coerced[key] = _coerce(name, key, value, hints[key])
-    return section_type(**coerced)
-
-
 def from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
-    """Build and validate a config from nested tables."""
+    """Build and validate a config from nested tables (one line per bad field)."""
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"unknown section(s) {unknown}; allowed: {', '.join(SECTIONS)}")
-    sections = {name: _build_section(name, raw.get(name, {})) for name in SECTIONS}
-    config = ExperimentConfig(**sections)
-    from fedal.validation import validate
-
-    validate(config)
-    return config
+    sections = {name: validated(SECTIONS[name], raw.get(name, {}), name) for name in SECTIONS}
+    return ExperimentConfig(**sections)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 from functools import lru_cache
+from typing import get_args
 
 import numpy as np
 
+from fedal.choices import Corruption
 from fedal.config import ConfigError, DataSection, ExperimentConfig
 from fedal.datasets import LoadedDataset, load_dataset
 
-CORRUPTIONS = ("none", "noisy-blank", "noisy-diverse", "noisy-class")
+CORRUPTIONS = get_args(Corruption)
 DIVERSE_TYPES, DIVERSE_CHOICES = 100, 3
 CORRUPTION_STREAM = 21
 

@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import cache, partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -129,11 +130,14 @@ def _files_in(names: Sequence[str], directory: Path) -> tuple[Path, ...] | None:
 def _idx_files(class_name: str, directory: Path) -> tuple[Path, ...] | None:
     """The four MNIST-family idx files, raw or gzipped, in torchvision's layout or flat."""
     places = (directory / class_name / "raw", directory)
-    found = []
+    found: list[Path] = []
     for stem in _IDX_STEMS:
         candidates = [place / (stem + ext) for place in places for ext in ("", ".gz")]
-        found.append(next((path for path in candidates if path.exists()), None))
-    return None if None in found else tuple(found)
+        path = next((path for path in candidates if path.exists()), None)
+        if path is None:
+            return None
+        found.append(path)
+    return tuple(found)
 
 
 def _cache_root() -> Path:
@@ -190,7 +194,7 @@ def _convert_mnist_family(class_name: str, directory: Path, files: tuple[Path, .
     return _Converted(arrays, tuple(dataset_class.classes))
 
 
-def _cifar_without_checksums(base: type) -> type:
+def _cifar_without_checksums(base: Any) -> type:
     """torchvision's CIFAR10/CIFAR100 class with its files' md5 checksums removed.
 
     torchvision verifies the md5 sums of the original release's files when a dataset is
@@ -392,7 +396,8 @@ def _cache_complete(directory: Path) -> bool:
 def _read_cache(directory: Path) -> LoadedDataset:
     """A cache entry with its arrays memory-mapped read-only."""
     raw = json.loads((directory / "meta.json").read_text())
-    meta = DatasetMeta(**{key: tuple(v) if isinstance(v, list) else v for key, v in raw.items()})
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    meta = DatasetMeta(**fields)
     arrays = {key: np.load(directory / f"{key}.npy", mmap_mode="r") for key in _ARRAY_NAMES}
     return LoadedDataset(**arrays, meta=meta)
 

@@ -1,16 +1,17 @@
 """Fine-tuning on confident pseudo-labels (LHD paper, section 4.3, Algorithm 2).
 
 A helper-training option usable with every query strategy: during supervised training
-an exponential moving average (EMA) of the helper is kept (beta <- a*beta + (1-a)*theta);
-afterwards every candidate (non-protected, unlabelled: never a protected sample) whose
-confidence c_x = max softmax(F_theta(x)) exceeds gamma gets the EMA's one-hot prediction
-as pseudo-label, and the helper is trained for T passes on strongly augmented versions
-of those examples (Algorithm 2, lines 3-12), the EMA following along.
+an exponential moving average (EMA) of the helper is kept (beta <- a*beta + (1-a)*theta,
+:class:`fedal.ema.EmaModel`, the EMA LHD keeps too; its module docstring gives the
+BatchNorm policy); afterwards every candidate (non-protected, unlabelled: never a
+protected sample) whose confidence c_x = max softmax(F_theta(x)) exceeds gamma gets the
+EMA's one-hot prediction as pseudo-label, and the helper is trained for T passes on
+strongly augmented versions of those examples (Algorithm 2, lines 3-12), the EMA
+following along.
 """
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 
@@ -19,27 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedal.config import TrainingSection
+from fedal.ema import EmaModel
 from fedal.training import crop_flip, epoch_batches, make_optimizer
 from fedal.views import SampleView
-
-
-class EmaModel:
-    """beta <- decay * beta + (1 - decay) * theta after every optimiser step (Algorithm 2)."""
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.model = copy.deepcopy(model).eval()
-        self.source = model
-        self.decay = decay
-        for parameter in self.model.parameters():
-            parameter.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self) -> None:
-        """One EMA step towards the source model's current weights (buffers copied)."""
-        for ema, live in zip(self.model.parameters(), self.source.parameters(), strict=True):
-            ema.mul_(self.decay).add_(live.detach(), alpha=1.0 - self.decay)
-        for ema, live in zip(self.model.buffers(), self.source.buffers(), strict=True):
-            ema.copy_(live)
 
 
 def strong_augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -103,10 +86,14 @@ def finetune_on_confident(
     device: torch.device,
     generator: torch.Generator,
 ) -> FinetuneStats:
-    """Algorithm 2, lines 10-12: T passes of CE on A(x) for the confident candidates."""
+    """Algorithm 2, lines 10-12: T passes of CE on A(x) for the confident candidates.
+
+    ``model`` is the helper F_theta, ``ema.main`` (its EMA F_beta gives the pseudo-labels
+    and follows every step).
+    """
     started = time.perf_counter()
     rows, pseudo = confident_pseudo_labels(
-        model, ema.model, candidates, settings.finetune_gamma, settings.eval_batch_size, device
+        model, ema.average, candidates, settings.finetune_gamma, settings.eval_batch_size, device
     )
     if len(rows) == 0 or settings.finetune_iterations == 0:
         return FinetuneStats(confident=len(rows), steps=0, seconds=time.perf_counter() - started)

@@ -15,10 +15,13 @@ answer for one sample does not depend on which other samples were asked for.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import get_args
 
 import numpy as np
 
-NOISE_MODELS = ("none", "uniform", "structured")
+from fedal.choices import NoiseModel
+
+NOISE_MODELS = get_args(NoiseModel)
 
 
 class ProtectedSampleError(PermissionError):

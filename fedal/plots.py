@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -13,10 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from fedal.rundir import RunDirectory
 
 SEED_FREE_IGNORED = {
     ("experiment", "seed"),
@@ -28,9 +25,9 @@ SEED_FREE_IGNORED = {
 }
 
 
-def run_config(run_dir: Path) -> dict:
-    with (run_dir / "config.toml").open("rb") as handle:
-        return tomllib.load(handle)
+def run_config(run_dir: Path) -> dict[str, Any]:
+    """The recorded config's tables (not validated: runs of older versions still plot)."""
+    return RunDirectory(run_dir).read_config_tables()
 
 
 def group_key(config: dict) -> str:
@@ -43,10 +40,7 @@ def group_key(config: dict) -> str:
 
 
 def _curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    rows = [
-        json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines() if line
-    ]
-    rows = [row for row in rows if row["round"] > 0]
+    rows = [row for row in RunDirectory(run_dir).read_rounds() if row["round"] > 0]
     return (
         np.array([row["labels"] for row in rows], dtype=float),
         np.array([row["test_accuracy"] for row in rows], dtype=float),
@@ -123,15 +117,14 @@ def plot_selection(run_dir: Path, output: Path) -> Path:
     Points of the dataset's noisy region are drawn with crosses, clean ones with dots, so
     where a strategy spent its labels is visible at a glance.
     """
-    from fedal.config import load_config
-    from fedal.results import read_ledger
     from fedal.shards import load_experiment
 
-    config = load_config(run_dir / "config.toml")
+    run = RunDirectory(run_dir)
+    config = run.read_config()
     dataset = load_experiment(config).dataset
     if dataset.meta.image_size is not None:
         raise ValueError(f"{config.data.dataset}: selection plots need a 2-D toy dataset")
-    ledger = read_ledger(run_dir)
+    ledger = run.read_ledger()
     queried = ledger[ledger[:, 1] > 0, 2]
     initial = ledger[ledger[:, 1] == 0, 2]
     noisy = (

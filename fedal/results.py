@@ -1,39 +1,20 @@
-"""The run directory of DESIGN section 8 and the summary metrics.
+"""Per-round results of a run and its summary metrics (DESIGN section 8).
 
-``<run_dir>/``: ``config.toml`` (resolved), ``partition.json``, ``rounds.jsonl`` (one row
-per round), ``ledger.csv`` (client, round, sample index, label given), ``summary.json``
-and ``accuracy_vs_labels.png``.
+:class:`RunRecorder` writes ``rounds.jsonl`` and ``ledger.csv`` of a
+:class:`~fedal.rundir.RunDirectory` as rounds complete, from the clients' typed
+:class:`~fedal.reports.ClientReport` s, and the summary at the end.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Sequence
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomli_w
 
 from fedal.config import ExperimentConfig
-
-ROUNDS_FILE = "rounds.jsonl"
-LEDGER_FILE = "ledger.csv"
-SUMMARY_FILE = "summary.json"
-CONFIG_FILE = "config.toml"
-PLOT_FILE = "accuracy_vs_labels.png"
-LEDGER_COLUMNS = ("client", "round", "index", "label")
-
-
-def new_run_dir(config: ExperimentConfig) -> Path:
-    """A fresh directory ``<output_dir>/<name>-<strategy>-s<seed>-<timestamp>``."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    name = f"{config.experiment.name}-{config.query.strategy}-s{config.experiment.seed}-{stamp}"
-    path = Path(config.experiment.output_dir).resolve() / name
-    path.mkdir(parents=True, exist_ok=False)
-    return path
+from fedal.reports import ClientReport
+from fedal.rundir import RunDirectory
 
 
 def area_under_curve(labels: Sequence[float], accuracy: Sequence[float]) -> float:
@@ -60,10 +41,10 @@ def labels_to_reach(
 
 
 class RunRecorder:
-    """Writes one run directory as rounds complete."""
+    """Writes the results files of one run directory as rounds complete."""
 
-    def __init__(self, run_dir: Path, config: ExperimentConfig) -> None:
-        self.run_dir = run_dir
+    def __init__(self, run: RunDirectory, config: ExperimentConfig) -> None:
+        self.run = run
         self.config = config
         self.rows: list[dict[str, Any]] = []
         self.selected = 0
@@ -71,50 +52,50 @@ class RunRecorder:
         self.ledger_rows = 0
         self.trained_by_client: dict[int, int] = {}
         self.requested_by_client: dict[int, int] = {}
-        run_dir.mkdir(parents=True, exist_ok=True)
-        resolved = config.replace("experiment", resume=False)  # a config to rerun as is
-        (run_dir / CONFIG_FILE).write_text(tomli_w.dumps(resolved.to_dict()))
-        with (run_dir / LEDGER_FILE).open("w", newline="") as handle:
-            csv.writer(handle).writerow(LEDGER_COLUMNS)
-        (run_dir / ROUNDS_FILE).write_text("")
+
+    @classmethod
+    def start(cls, run: RunDirectory, config: ExperimentConfig) -> RunRecorder:
+        """A new run: the resolved config and empty results files."""
+        run.write_config(config)
+        run.start_results()
+        return cls(run, config)
 
     @classmethod
     def resume(
-        cls, run_dir: Path, config: ExperimentConfig, through_round: int, ledger_rows: int
+        cls, run: RunDirectory, config: ExperimentConfig, through_round: int, ledger_rows: int
     ) -> RunRecorder:
-        """Continue ``run_dir`` after round ``through_round``: rounds and ledger rows
-        written after that round's checkpoint are dropped, the counters are replayed."""
-        rows = [row for row in read_rounds(run_dir) if row["round"] <= through_round]
-        ledger = read_ledger(run_dir)[:ledger_rows]
-        recorder = cls(run_dir, config)
-        with (run_dir / ROUNDS_FILE).open("a") as handle:
-            handle.writelines(json.dumps(row) + "\n" for row in rows)
-        with (run_dir / LEDGER_FILE).open("a", newline="") as handle:
-            csv.writer(handle).writerows(ledger.tolist())
+        """Continue ``run`` after round ``through_round``: rounds and ledger rows
+        written after that round's checkpoint are dropped, the counters are replayed.
+        The recorded config stays as it is (the resume rule, :mod:`fedal.resume`)."""
+        rows = [row for row in run.read_rounds() if row["round"] <= through_round]
+        ledger = run.read_ledger()[:ledger_rows]
+        run.start_results(rows, ledger)
+        recorder = cls(run, config)
         recorder.ledger_rows = len(ledger)
         for row in rows:
-            recorder._count(row["clients"])
+            recorder._count([ClientReport.from_metrics(client) for client in row["clients"]])
             recorder.rows.append(row)
         return recorder
 
-    def _count(self, clients: list[dict[str, Any]]) -> None:
+    def _count(self, reports: Sequence[ClientReport]) -> None:
         """Fold one round's client reports into the running totals."""
-        self.selected += sum(int(report["new-labels"]) for report in clients)
-        self.selected_noisy += sum(int(report["new-noisy"]) for report in clients)
-        for report in clients:
-            self.trained_by_client[int(report["client"])] = int(report["num-examples"])
-            self.requested_by_client[int(report["client"])] = int(report["labels-used"])
+        for report in reports:
+            self.selected += report.new_labels
+            self.selected_noisy += report.new_noisy
+            self.trained_by_client[report.client] = report.num_examples
+            self.requested_by_client[report.client] = report.labels_used
 
     def record_round(
         self,
         server_round: int,
         accuracy: float,
         loss: float,
-        clients: list[dict[str, Any]],
+        reports: Sequence[ClientReport],
         elapsed: float,
     ) -> dict[str, Any]:
-        """Append one round: test metrics, per-client metrics, ledger entries."""
-        self._count(clients)
+        """Append one round: test metrics, per-client reports, ledger entries."""
+        reports = sorted(reports, key=lambda report: report.client)
+        self._count(reports)
         row = {
             "round": server_round,
             "labels": sum(self.trained_by_client.values()),
@@ -124,32 +105,14 @@ class RunRecorder:
             "test_accuracy": accuracy,
             "test_loss": loss,
             "elapsed_seconds": elapsed,
-            "clients": [
-                {k: v for k, v in report.items() if not k.startswith("ledger-")}
-                for report in clients
-            ],
+            "clients": [report.to_metrics(with_ledger=False) for report in reports],
         }
         self.rows.append(row)
-        with (self.run_dir / ROUNDS_FILE).open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
-        self._append_ledger(server_round, clients)
+        self.run.append_round(row)
+        ledger = [(report.client, *entry) for report in reports for entry in report.ledger]
+        self.run.append_ledger(ledger)
+        self.ledger_rows += len(ledger)
         return row
-
-    def _append_ledger(self, server_round: int, clients: list[dict[str, Any]]) -> None:
-        with (self.run_dir / LEDGER_FILE).open("a", newline="") as handle:
-            writer = csv.writer(handle)
-            for report in sorted(clients, key=lambda r: int(r["client"])):
-                entries = zip(
-                    report["ledger-round"],
-                    report["ledger-index"],
-                    report["ledger-label"],
-                    strict=True,
-                )
-                for label_round, index, label in entries:
-                    writer.writerow(
-                        (int(report["client"]), int(label_round), int(index), int(label))
-                    )
-                    self.ledger_rows += 1
 
     def summary(self) -> dict[str, Any]:
         """Final accuracy, normalised AUC of accuracy vs labels, labels to reach the target."""
@@ -174,23 +137,7 @@ class RunRecorder:
         }
 
     def finish(self) -> dict[str, Any]:
-        """Write ``summary.json`` and the accuracy-vs-labels plot; return the summary."""
-        from fedal.plots import plot_runs
-
+        """Write ``summary.json``; return the summary."""
         summary = self.summary()
-        (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-        plot_runs([self.run_dir], self.run_dir / PLOT_FILE)
+        self.run.write_summary(summary)
         return summary
-
-
-def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
-    """Parse a run's ``rounds.jsonl``."""
-    lines = (run_dir / ROUNDS_FILE).read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
-def read_ledger(run_dir: Path) -> np.ndarray:
-    """A run's ledger as an int64 array of rows (client, round, index, label)."""
-    with (run_dir / LEDGER_FILE).open() as handle:
-        rows = list(csv.reader(handle))[1:]
-    return np.asarray(rows, dtype=np.int64).reshape(-1, 4)

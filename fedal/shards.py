@@ -6,9 +6,7 @@ clients, client id): a client rebuilds exactly the same shard in any process.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -161,8 +159,3 @@ def partition_summary(config: ExperimentConfig, experiment: ExperimentData) -> d
         "seed": config.experiment.seed,
         "clients": clients,
     }
-
-
-def save_summary(summary: dict[str, Any], path: Path) -> None:
-    """Write a partition summary as JSON."""
-    path.write_text(json.dumps(summary, indent=2))

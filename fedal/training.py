@@ -9,17 +9,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedal.choices import Optimizer, Schedule
 from fedal.config import TrainingSection
 from fedal.views import SampleView
 
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = get_args(Optimizer)
+SCHEDULES = get_args(Schedule)
 
 
 def default_device() -> torch.device:

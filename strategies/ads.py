@@ -33,23 +33,28 @@ Readings of the paper fixed here:
   ``unlabelled_batches_per_epoch`` shuffled batches per step and epoch.
 - *Across rounds*: the paper re-trains the network each iteration; ``warm_start``
   (default) carries it on through the strategy's state.
+
+The network is built, seeded, trained and persisted with
+:mod:`strategies.private_training`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from itertools import cycle
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from fedal.models import Classifier
 from fedal.views import SampleView
 from strategies.base import QueryStrategy, RoundContext, top_k
 from strategies.private_training import (
+    BatchCap,
+    LearningRate,
     PrivateNetwork,
     PrivateTrainingOptions,
     labelled_batches,
@@ -166,7 +171,6 @@ def discrepancy_step(
 # ---------------------------------------------------------------------- strategy
 
 
-@dataclass(frozen=True)
 class ADSOptions(PrivateTrainingOptions):
     """``[query.options]`` of ``ads``; paper values (CIFAR-10, ResNet-18) in brackets.
 
@@ -185,19 +189,10 @@ class ADSOptions(PrivateTrainingOptions):
     paper values.
     """
 
-    owner = "ads"
-
-    lr: float = 0.05
+    lr: LearningRate = 0.05
     tau: float = 0.1
-    subset_size: int = 10000
-    unlabelled_batches_per_epoch: int = 2
-
-    def checks(self) -> list[tuple[str, bool, str]]:
-        return [
-            *super().checks(),
-            ("subset_size", self.subset_size >= 0, "an integer >= 0"),
-            ("unlabelled_batches_per_epoch", self.unlabelled_batches_per_epoch >= 0, ">= 0"),
-        ]
+    subset_size: int = Field(10000, ge=0)
+    unlabelled_batches_per_epoch: BatchCap = 2
 
 
 @register
@@ -210,6 +205,7 @@ class AgreementDiscrepancySelection(QueryStrategy):
 
     name = "ads"
     Options = ADSOptions
+    options: ADSOptions
 
     def __init__(self, options: Mapping[str, object] | None = None) -> None:
         super().__init__(options)

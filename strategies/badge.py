@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch.nn import functional
 
+from fedal.schema import Schema
 from strategies.base import QueryStrategy, RoundContext
-from strategies.distances import DEFAULT_CHUNK_SIZE, as_float64, kmeans_plus_plus
-from strategies.options import require_positive
+from strategies.distances import DEFAULT_CHUNK_SIZE, ChunkSize, as_float64, kmeans_plus_plus
 from strategies.registry import register
 from strategies.scoring import predict_embeddings
 
@@ -69,14 +69,12 @@ class BADGE(QueryStrategy):
 
     name = "badge"
 
-    @dataclass(frozen=True)
-    class Options:
+    class Options(Schema):
         """``chunk_size``: rows (and centres) per block of distance computations."""
 
-        chunk_size: int = DEFAULT_CHUNK_SIZE
+        chunk_size: ChunkSize = DEFAULT_CHUNK_SIZE
 
-        def __post_init__(self) -> None:
-            require_positive("badge", chunk_size=self.chunk_size)
+    options: Options
 
     def select(self, ctx: RoundContext, budget: int) -> np.ndarray:
         if budget <= 0 or len(ctx.candidates) == 0:

@@ -11,14 +11,13 @@ the model is uncertain on average but each posterior draw is confident.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
+from pydantic import Field
 
+from fedal.schema import Schema
 from strategies.base import QueryStrategy, RoundContext, top_k
 from strategies.mc_dropout import mc_dropout_probs
-from strategies.options import require_positive
 from strategies.registry import register
 from strategies.scoring import entropy
 
@@ -44,14 +43,12 @@ class BALD(QueryStrategy):
 
     name = "bald"
 
-    @dataclass(frozen=True)
-    class Options:
+    class Options(Schema):
         """``samples``: MC-dropout forward passes T."""
 
-        samples: int = 10
+        samples: int = Field(10, ge=1)
 
-        def __post_init__(self) -> None:
-            require_positive("bald", samples=self.samples)
+    options: Options
 
     def select(self, ctx: RoundContext, budget: int) -> np.ndarray:
         if budget <= 0 or len(ctx.candidates) == 0:

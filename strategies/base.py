@@ -6,7 +6,6 @@ view. It never sees Flower; what it keeps across rounds goes through ``state_dic
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -14,8 +13,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch import nn
 
+from fedal.models import Classifier
+from fedal.schema import Schema, validated
 from fedal.views import SampleView
 
 
@@ -24,7 +24,9 @@ class RoundContext:
     """Everything a query strategy may use on one client in one round.
 
     - ``model``: the scoring model (the locally trained helper, or the global model as
-      received, per ``query.scoring_model``). Read-only: copy it before training.
+      received, per ``query.scoring_model``), a :class:`fedal.models.Classifier`:
+      strategies use its logits, its embedding (``embed``) and head (``head``), and its
+      dropout layer (``dropout``). Read-only: copy it before training.
     - ``labelled``: labelled, non-protected samples with the labels the oracle returned.
     - ``candidates``: non-protected unlabelled samples; ``select`` indexes this view.
     - ``private_unlabelled``: the unlabelled data a strategy's *private* models may train
@@ -34,7 +36,7 @@ class RoundContext:
     - ``generator``: a seeded torch generator (CPU); ``rng``: a seeded numpy generator.
     """
 
-    model: nn.Module
+    model: Classifier
     labelled: SampleView
     candidates: SampleView
     private_unlabelled: SampleView
@@ -44,22 +46,34 @@ class RoundContext:
     rng: np.random.Generator
     round: int
     batch_size: int
-    build_model: Callable[..., nn.Module]
+    build_model: Callable[..., Classifier]
+
+
+class NoOptions(Schema):
+    """The options of a strategy that has none: every option name is rejected."""
 
 
 class QueryStrategy(ABC):
-    """Base class: subclasses set ``name`` and an ``Options`` dataclass, implement ``select``.
+    """Base class: subclasses set ``name`` and an ``Options`` schema, implement ``select``.
 
     ``Options`` fields are the strategy's own configuration (``[query.options]`` in an
-    experiment config). Unknown option names are rejected with the list of known ones.
+    experiment config), validated by :func:`fedal.schema.validated`: choices are
+    ``Literal`` types, ranges ``Field`` bounds, rules across fields model validators.
+    A bad or unknown option fails with one line naming the field, the value and what is
+    allowed. The validated options are ``self.options``.
     """
 
     name: ClassVar[str]
-    Options: ClassVar[type] = dataclasses.make_dataclass("NoOptions", [])
+    Options: ClassVar[type[Schema]] = NoOptions
     needs_labelled: ClassVar[bool] = False
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
-        self.options = parse_options(self.Options, options or {}, self.name)
+        self.options = self.parse_options(options or {})
+
+    @classmethod
+    def parse_options(cls, raw: Mapping[str, Any]) -> Schema:
+        """``raw`` validated as this strategy's ``Options`` (a one-line ConfigError if not)."""
+        return validated(cls.Options, raw, "query.options")
 
     def fit(self, ctx: RoundContext) -> None:  # noqa: B027 - optional hook
         """Train private models before selection (optional)."""
@@ -79,18 +93,6 @@ class QueryStrategy(ABC):
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:  # noqa: B027
         """Restore what :meth:`state_dict` returned."""
-
-
-def parse_options(options_type: type, raw: Mapping[str, Any], owner: str) -> Any:
-    """Build an options dataclass from a mapping, naming unknown keys and allowed ones."""
-    known = {field.name: field for field in dataclasses.fields(options_type)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        allowed = ", ".join(sorted(known)) or "(none)"
-        raise ValueError(
-            f"query.options: unknown option(s) {unknown} for strategy '{owner}'; allowed: {allowed}"
-        )
-    return options_type(**dict(raw))
 
 
 def top_k(scores: torch.Tensor | np.ndarray, budget: int) -> np.ndarray:

@@ -16,17 +16,16 @@ survey's committee formulation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch.nn import functional
 
+from fedal.schema import Schema
 from strategies.base import QueryStrategy, RoundContext, top_k
 from strategies.mc_dropout import mc_dropout_probs
-from strategies.options import require_positive
 from strategies.registry import register
 from strategies.scoring import entropy
 
@@ -52,21 +51,18 @@ def kl_to_consensus_scores(member_probs: torch.Tensor) -> torch.Tensor:
     return (member_probs * (log_members - log_consensus)).sum(dim=2).mean(dim=0)
 
 
-@dataclass(frozen=True)
-class CommitteeOptions:
+class CommitteeOptions(Schema):
     """``members``: committee size C (MC-dropout forward passes)."""
 
-    members: int = 10
-
-    def __post_init__(self) -> None:
-        require_positive("query-by-committee", members=self.members)
+    members: int = Field(10, ge=1)
 
 
 class _Committee(QueryStrategy):
     """Select the candidates on which the MC-dropout committee disagrees most."""
 
     Options = CommitteeOptions
-    disagreement: ClassVar[Callable[[torch.Tensor], torch.Tensor]]
+    options: CommitteeOptions
+    disagreement: ClassVar[staticmethod[[torch.Tensor], torch.Tensor]]
 
     def select(self, ctx: RoundContext, budget: int) -> np.ndarray:
         if budget <= 0 or len(ctx.candidates) == 0:

@@ -16,21 +16,20 @@ from the mean candidate embedding (ties: lowest position).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
+from fedal.schema import Schema
 from fedal.views import SampleView
 from strategies.base import QueryStrategy, RoundContext
 from strategies.distances import (
     DEFAULT_CHUNK_SIZE,
+    ChunkSize,
     EuclideanSpace,
     as_float64,
     nearest_centres,
     sq_distances_to,
 )
-from strategies.options import require_positive
 from strategies.registry import register
 from strategies.scoring import predict_embeddings
 
@@ -62,14 +61,12 @@ class CoreSet(QueryStrategy):
 
     name = "coreset"
 
-    @dataclass(frozen=True)
-    class Options:
+    class Options(Schema):
         """``chunk_size``: rows (and centres) per block of distance computations."""
 
-        chunk_size: int = DEFAULT_CHUNK_SIZE
+        chunk_size: ChunkSize = DEFAULT_CHUNK_SIZE
 
-        def __post_init__(self) -> None:
-            require_positive("coreset", chunk_size=self.chunk_size)
+    options: Options
 
     def select(self, ctx: RoundContext, budget: int) -> np.ndarray:
         if budget <= 0 or len(ctx.candidates) == 0:

@@ -20,13 +20,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Protocol, TypeVar
+from typing import Annotated, Protocol, TypeVar
 
 import numpy as np
 import torch
+from pydantic import Field
 
 SNAP_TOLERANCE = 1e-9
 DEFAULT_CHUNK_SIZE = 2048
+ChunkSize = Annotated[int, Field(ge=1)]
+"""The ``chunk_size`` option of the strategies that compute distances: rows (and centres)
+per block of distance computations."""
 
 SpaceT = TypeVar("SpaceT", bound="EmbeddingSpace")
 

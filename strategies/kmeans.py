@@ -11,21 +11,21 @@ clusters are empty or candidates coincide. Distances are chunked
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
+from pydantic import Field
 
+from fedal.schema import Schema
 from strategies.base import QueryStrategy, RoundContext
 from strategies.distances import (
     DEFAULT_CHUNK_SIZE,
+    ChunkSize,
     EuclideanSpace,
     as_float64,
     kmeans_plus_plus,
     nearest_centres,
     sq_distances,
 )
-from strategies.options import require_positive
 from strategies.registry import register
 from strategies.scoring import predict_embeddings
 
@@ -73,15 +73,13 @@ class KMeansSampling(QueryStrategy):
 
     name = "kmeans"
 
-    @dataclass(frozen=True)
-    class Options:
+    class Options(Schema):
         """``iterations``: Lloyd steps; ``chunk_size``: rows per distance block."""
 
-        iterations: int = 5
-        chunk_size: int = DEFAULT_CHUNK_SIZE
+        iterations: int = Field(5, ge=1)
+        chunk_size: ChunkSize = DEFAULT_CHUNK_SIZE
 
-        def __post_init__(self) -> None:
-            require_positive("kmeans", iterations=self.iterations, chunk_size=self.chunk_size)
+    options: Options
 
     def select(self, ctx: RoundContext, budget: int) -> np.ndarray:
         if budget <= 0 or len(ctx.candidates) == 0:

@@ -22,7 +22,9 @@ Readings of the paper fixed here:
 - *Which network is the main model.* The paper's main model is the classifier itself,
   trained from initialisation in the first round (line 2). Here the runtime's
   classifier (``ctx.model``) is read-only, so the strategy keeps a private
-  ``main``/``ema`` pair, built the first time from the ``backbone`` option:
+  ``main``/``ema`` pair (a :class:`fedal.ema.EmaModel`, built, seeded and persisted
+  with :mod:`strategies.private_training`), built the first time from the ``backbone``
+  option:
   ``"helper-init"`` (default) is a deep copy of ``ctx.model`` re-initialised with each
   layer's ``reset_parameters`` (the helper's architecture, so it fits every dataset
   incl. the 2-D toys, trained from scratch as in the paper; ResNet convolutions get
@@ -32,12 +34,13 @@ Readings of the paper fixed here:
   model (line 2: "updating the initial EMA model F_theta_1").
 - *Across rounds.* Line 14 trains ``F_theta_{t+1}`` from ``F_theta_t`` and carries
   ``F_beta`` on: the pair persists through :meth:`LHD.state_dict` (``main.*``,
-  ``ema.*``) and every ``fit`` continues it. The Adam optimizer restarts each ``fit``.
+  ``ema.module.*``, ``ema.n_averaged``) and every ``fit`` continues it. The Adam
+  optimizer restarts each ``fit``.
 - *EMA step.* Algorithm 1 updates the average "in each training iteration" (section
   4.2 says "at epoch t"; the algorithm is followed): after every optimizer step,
-  with the freshly updated ``theta``. Floating-point buffers (BatchNorm running
-  statistics) are averaged the same way so that the EMA network's normalisation
-  matches its weights; integer buffers (batch counters) are copied.
+  with the freshly updated ``theta``, by :class:`fedal.ema.EmaModel` (the EMA the
+  helper's fine-tuning keeps too; its module docstring gives the BatchNorm policy:
+  running statistics averaged like the weights, batch counters copied).
 - *Training.* Adam (``beta_1 = 0.9``, ``beta_2 = 0.999``, no weight decay), batches of
   ``batch_size`` labelled samples, no augmentation (the paper names augmentation only
   for fine-tuning, Algorithm 2, which the client runtime provides, not this module).
@@ -53,36 +56,45 @@ Readings of the paper fixed here:
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Mapping
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from pydantic import Field
 
+from fedal.choices import ModelName
 from fedal.config import TrainingSection
-from fedal.models import available_models
-from fedal.training import epoch_batches, make_optimizer
-from fedal.views import SampleView
+from fedal.ema import EmaModel
+from fedal.models import Classifier
+from fedal.schema import Schema
+from fedal.training import make_optimizer
 from strategies.base import QueryStrategy, RoundContext
 from strategies.distances import (
     DEFAULT_CHUNK_SIZE,
+    ChunkSize,
     EuclideanSpace,
     as_float64,
     kmeans_plus_plus,
 )
-from strategies.private_training import SEED_BOUND, PrivateNetwork
+from strategies.private_training import (
+    BatchSize,
+    Epochs,
+    LearningRate,
+    PrivateNetwork,
+    labelled_batches,
+    seeded_torch,
+    step,
+)
 from strategies.registry import register
 from strategies.scoring import predict_embeddings
 
-HELPER_BACKBONE = "helper"
-FRESH_HELPER_BACKBONE = "helper-init"
+HelperBackbone = Literal["helper-init", "helper"]
+"""Backbones copied from the scoring model: re-initialised, or with its trained weights."""
 
 
-@dataclass(frozen=True)
-class LHDOptions:
+class LHDOptions(Schema):
     """``[query.options]`` of ``lhd`` (paper values from appendix B, "Training setup").
 
     - ``ema_decay``: alpha of the EMA update (paper: 0.999).
@@ -97,45 +109,12 @@ class LHDOptions:
     - ``chunk_size``: rows per block of k-means++ distance computations (no paper value).
     """
 
-    ema_decay: float = 0.999
-    backbone: str = FRESH_HELPER_BACKBONE
-    epochs: int = 10
-    lr: float = 1e-4
-    batch_size: int = 64
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-
-    def __post_init__(self) -> None:
-        backbones = [FRESH_HELPER_BACKBONE, HELPER_BACKBONE, *available_models()]
-        checks = [
-            ("ema_decay", 0 <= self.ema_decay < 1, "0 <= value < 1"),
-            ("backbone", self.backbone in backbones, ", ".join(backbones)),
-            ("epochs", self.epochs >= 0, "an integer >= 0"),
-            ("lr", self.lr > 0, "a number > 0"),
-            ("batch_size", self.batch_size >= 1, "an integer >= 1"),
-            ("chunk_size", self.chunk_size >= 1, "an integer >= 1"),
-        ]
-        for field, ok, allowed in checks:
-            if not ok:
-                value = getattr(self, field)
-                raise ValueError(
-                    f"query.options.{field}: {value!r} is not allowed for 'lhd'; allowed: {allowed}"
-                )
-
-
-@torch.no_grad()
-def ema_update(ema: nn.Module, main: nn.Module, decay: float) -> None:
-    """``beta <- alpha * beta + (1 - alpha) * theta`` (Algorithm 1, lines 2 and 14).
-
-    Applied to every floating-point entry of the state dict (parameters and BatchNorm
-    running statistics); integer buffers are copied from ``main``.
-    """
-    main_state = main.state_dict()
-    for key, average in ema.state_dict().items():
-        current = main_state[key]
-        if average.is_floating_point():
-            average.mul_(decay).add_(current, alpha=1.0 - decay)
-        else:
-            average.copy_(current)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    backbone: Literal[HelperBackbone, ModelName] = "helper-init"
+    epochs: Epochs = 10
+    lr: LearningRate = 1e-4
+    batch_size: BatchSize = 64
+    chunk_size: ChunkSize = DEFAULT_CHUNK_SIZE
 
 
 def lhd_vectors(
@@ -165,65 +144,48 @@ def seed_batch(
     return kmeans_plus_plus(space, budget, first, rng, chunk_size)
 
 
-@contextmanager
-def _torch_rng_from(rng: np.random.Generator) -> Iterator[None]:
-    """Torch's global RNGs seeded from ``rng`` inside a fork (the caller's state is kept)."""
-    seed = int(rng.integers(0, SEED_BOUND))
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        yield
-
-
-def _reinitialise(model: nn.Module) -> None:
+def _reinitialise(model: Classifier) -> None:
     """Fresh weights (and BatchNorm statistics) for every layer that can reset itself."""
     for module in model.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
 
 
 @register
 class LHD(QueryStrategy):
     """k-means++ seeding over the main/EMA state differences ``lh`` (Algorithm 1).
 
-    The ``main`` and ``ema`` networks (weights and buffers) persist through
-    :meth:`state_dict` as ``main.<name>`` and ``ema.<name>``.
+    The ``main`` network and its EMA (weights and buffers) persist through
+    :meth:`state_dict` as ``main.<name>`` and ``ema.module.<name>``.
     """
 
     name = "lhd"
     Options = LHDOptions
+    options: LHDOptions
 
     def __init__(self, options: Mapping[str, object] | None = None) -> None:
         super().__init__(options)
-        self._pair: PrivateNetwork[nn.ModuleDict] = PrivateNetwork(self._new_pair)
+        self._pair: PrivateNetwork[EmaModel[Classifier]] = PrivateNetwork(self._new_pair)
 
     # ------------------------------------------------------------------ training
 
     def fit(self, ctx: RoundContext) -> None:
-        """Algorithm 1, lines 2/14: train ``main`` on the labelled set, EMA every step."""
-        pair = self._models(ctx)
-        with _torch_rng_from(ctx.rng):
-            self._train(pair, ctx.labelled, ctx)
-
-    def _train(self, pair: nn.ModuleDict, view: SampleView, ctx: RoundContext) -> None:
-        """``epochs`` passes of cross-entropy steps on ``main``, each followed by the EMA."""
-        opts = self.options
-        if len(view) == 0 or opts.epochs == 0:
-            return
-        main, ema = pair["main"], pair["ema"]
-        optimizer = make_optimizer(
-            main, TrainingSection(optimizer="adam", lr=opts.lr, weight_decay=0.0)
-        )
-        main.train()
-        for _ in range(opts.epochs):
-            for rows in epoch_batches(len(view), opts.batch_size, ctx.generator):
-                loss = F.cross_entropy(
-                    main(view.inputs(rows, ctx.device)), view.targets(rows, ctx.device)
-                )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                ema_update(ema, main, opts.ema_decay)
-        main.eval()
+        """Algorithm 1, lines 2/14: ``epochs`` passes of cross-entropy steps on ``main``
+        over the labelled set, each step followed by the EMA update."""
+        pair, opts = self._pair.get(ctx), self.options
+        with seeded_torch(ctx):  # drawn even with nothing to train: one stream either way
+            if len(ctx.labelled) == 0 or opts.epochs == 0:
+                return
+            optimizer = make_optimizer(
+                pair.main, TrainingSection(optimizer="adam", lr=opts.lr, weight_decay=0.0)
+            )
+            pair.main.train()
+            for _ in range(opts.epochs):
+                for inputs, targets in labelled_batches(ctx, opts.batch_size, augment=False):
+                    step(optimizer, pair.main, F.cross_entropy(pair.main(inputs), targets))
+                    pair.update()
+            pair.main.eval()
 
     # ------------------------------------------------------------------ selection
 
@@ -236,41 +198,35 @@ class LHD(QueryStrategy):
 
     def state_differences(self, ctx: RoundContext) -> torch.Tensor:
         """``lh`` for every candidate, shape ``(N, embedding_dim)``, on the CPU."""
-        pair = self._models(ctx)
+        pair = self._pair.get(ctx)
         main_hidden, main_logits = predict_embeddings(
-            pair["main"], ctx.candidates, ctx.device, ctx.batch_size
+            pair.main, ctx.candidates, ctx.device, ctx.batch_size
         )
         ema_hidden, ema_logits = predict_embeddings(
-            pair["ema"], ctx.candidates, ctx.device, ctx.batch_size
+            pair.average, ctx.candidates, ctx.device, ctx.batch_size
         )
         return lhd_vectors(main_logits, main_hidden, ema_logits, ema_hidden)
 
     # ------------------------------------------------------------------ models and state
 
-    def _models(self, ctx: RoundContext) -> nn.ModuleDict:
-        """The ``main``/``ema`` pair on ``ctx.device``, created on first use (then given any
-        loaded state); see :class:`strategies.private_training.PrivateNetwork`."""
-        return self._pair.get(ctx)
-
-    def _new_pair(self, ctx: RoundContext) -> nn.ModuleDict:
-        """``main`` from the backbone option, ``ema`` an exact copy of it (line 2)."""
+    def _new_pair(self, ctx: RoundContext) -> EmaModel[Classifier]:
+        """``main`` from the backbone option, its EMA starting as an exact copy (line 2)."""
         backbone = self.options.backbone
-        if backbone in (HELPER_BACKBONE, FRESH_HELPER_BACKBONE):
+        if backbone in get_args(HelperBackbone):
             main = copy.deepcopy(ctx.model)
-            if backbone == FRESH_HELPER_BACKBONE:
+            if backbone == "helper-init":
                 _reinitialise(main)
         else:
             main = ctx.build_model(backbone)
-        main.requires_grad_(True).eval()
-        ema = copy.deepcopy(main).requires_grad_(False)
-        return nn.ModuleDict({"main": main, "ema": ema})
+        return EmaModel(main.requires_grad_(True).eval(), self.options.ema_decay)
 
     def sampling_parameters(self) -> int:
         """The main network's trainable parameters (the EMA copy is not trained)."""
         return self._pair.parameter_count()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Both networks as ``main.<name>`` / ``ema.<name>`` (empty before they exist)."""
+        """Both networks as ``main.<name>`` / ``ema.module.<name>`` with ``ema.n_averaged``
+        (empty before they exist)."""
         return self._pair.state_dict()
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:

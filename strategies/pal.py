@@ -28,21 +28,24 @@ Readings of the paper fixed here:
 - *Across rounds.* The paper retrains every network from scratch after each query;
   here ``warm_start`` (default) carries the scoring network on through the strategy's
   state, ``warm_start = False`` is the paper's protocol.
+
+The scoring network is built, seeded, trained and persisted with
+:mod:`strategies.private_training`.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from strategies.base import QueryStrategy, RoundContext, top_k
 from strategies.pal_heads import (
-    VARIANTS,
     PretextScorer,
+    Variant,
     classification_score,
     finetune_rotation_head,
     hybrid_score,
@@ -60,7 +63,6 @@ from strategies.registry import register
 from strategies.scoring import predict_logits
 
 
-@dataclass(frozen=True)
 class PALOptions(PrivateTrainingOptions):
     """``[query.options]`` of ``pal``; paper values (appendix B, Table 2) in brackets.
 
@@ -79,23 +81,11 @@ class PALOptions(PrivateTrainingOptions):
     paper values.
     """
 
-    owner = "pal"
-
-    lambda1: float = 1.0
-    lambda2: float = 1.0
-    subqueries: int = 4
-    variant: str = "full"
-    finetune_steps: int = 20
-
-    def checks(self) -> list[tuple[str, bool, str]]:
-        return [
-            *super().checks(),
-            ("lambda1", self.lambda1 >= 0, "a number >= 0"),
-            ("lambda2", self.lambda2 >= 0, "a number >= 0"),
-            ("subqueries", self.subqueries >= 1, "an integer >= 1"),
-            ("variant", self.variant in VARIANTS, ", ".join(VARIANTS)),
-            ("finetune_steps", self.finetune_steps >= 0, "an integer >= 0"),
-        ]
+    lambda1: float = Field(1.0, ge=0)
+    lambda2: float = Field(1.0, ge=0)
+    subqueries: int = Field(4, ge=1)
+    variant: Variant = "full"
+    finetune_steps: int = Field(20, ge=0)
 
 
 @register
@@ -108,6 +98,7 @@ class PretextActiveLearning(QueryStrategy):
 
     name = "pal"
     Options = PALOptions
+    options: PALOptions
 
     def __init__(self, options: Mapping[str, object] | None = None) -> None:
         super().__init__(options)

@@ -7,15 +7,18 @@ is ``rot_{90i}(x)``), predicted rotation class.
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fedal.models import Classifier
+from strategies.private_training import step
 
 ROTATIONS = 4
-VARIANTS = ("self_supervision", "plus_classification", "full")
+Variant = Literal["self_supervision", "plus_classification", "full"]
+"""The ablations of section 4.5, see :func:`variant_weights`."""
 
 
 def rotate_all(inputs: torch.Tensor) -> torch.Tensor:
@@ -109,14 +112,15 @@ def hybrid_score(
     return score + lambda2 * diversity
 
 
-def variant_weights(variant: str, lambda1: float, lambda2: float) -> tuple[float, float]:
+def variant_weights(variant: Variant, lambda1: float, lambda2: float) -> tuple[float, float]:
     """``(lambda1, lambda2)`` of a section 4.5 ablation.
 
     ``self_supervision``: ``lambda1 = lambda2 = 0``; ``plus_classification``:
     ``lambda2 = 0``; ``full``: both as given.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown PAL variant {variant!r}; allowed: {', '.join(VARIANTS)}")
+    if variant not in get_args(Variant):
+        allowed = ", ".join(get_args(Variant))
+        raise ValueError(f"unknown PAL variant {variant!r}; allowed: {allowed}")
     return (
         0.0 if variant == "self_supervision" else lambda1,
         lambda2 if variant == "full" else 0.0,
@@ -135,7 +139,4 @@ def finetune_rotation_head(
     targets = torch.arange(ROTATIONS).repeat(len(embeddings))
     for _ in range(steps):
         logits = head(embeddings).reshape(-1, ROTATIONS)
-        loss = F.cross_entropy(logits, targets.to(logits.device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        step(optimizer, head, F.cross_entropy(logits, targets.to(logits.device)))

@@ -1,25 +1,32 @@
-"""Building, training and persisting a strategy's *private* network.
+"""The toolkit of every strategy with networks of its own (PSL, LHD, PAL, ADS).
 
-A private network lives on the client only: it is built with ``ctx.build_model``, trained
-in ``fit`` and kept across rounds through the strategy's flat ``state_dict``; it is never
-uploaded. Shared by the strategies that keep one (PAL, ADS, LHD).
+A private network lives on the client only: it is built lazily with ``ctx.build_model``
+(:class:`PrivateNetwork`; several under name prefixes: :class:`PrivateNetworks`),
+trained in ``fit`` with :func:`step` over :func:`labelled_batches` and
+:func:`unlabelled_batches`, and kept across rounds through the strategy's flat
+``state_dict``; it is never uploaded. :class:`SGDOptions` and
+:class:`PrivateTrainingOptions` are the option schemas the SGD-trained ones share.
 
-Determinism: the network's initial weights come from a seed drawn from ``ctx.rng`` inside
-``torch.random.fork_rng`` (the caller's global torch RNG is left untouched); batches are
-shuffled and augmented with ``ctx.generator``.
+Determinism: a network's initial weights, and anything else drawn from torch's global
+RNG while a strategy trains (dropout masks), come from a seed drawn from ``ctx.rng``
+inside :func:`seeded_torch` (the caller's global torch RNG is left untouched); batches
+are shuffled and augmented with ``ctx.generator``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import ClassVar, Generic, TypeVar
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Annotated, Generic, TypeVar
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from fedal.choices import ModelName
 from fedal.config import TrainingSection
-from fedal.models import available_models, count_parameters
+from fedal.models import count_parameters
+from fedal.schema import Schema
 from fedal.training import crop_flip, epoch_batches, make_optimizer, wants_augmentation
 from strategies.base import RoundContext
 
@@ -27,14 +34,30 @@ SEED_BOUND = 2**62
 
 Network = TypeVar("Network", bound=nn.Module)
 
+Epochs = Annotated[int, Field(ge=0)]
+LearningRate = Annotated[float, Field(gt=0)]
+BatchSize = Annotated[int, Field(ge=1)]
+BatchCap = Annotated[int, Field(ge=0)]
+"""A cap on batches per epoch; 0 = no cap."""
+
+
+@contextmanager
+def seeded_torch(ctx: RoundContext) -> Iterator[None]:
+    """Torch's global RNGs seeded from one draw of ``ctx.rng`` inside a fork of them."""
+    seed = int(ctx.rng.integers(0, SEED_BOUND))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
+
 
 class PrivateNetwork(Generic[Network]):
     """A network built on first use from ``build(ctx)`` and persisted as a flat state dict.
 
-    :meth:`get` draws one seed from ``ctx.rng`` on *every* call and uses it only when the
-    network has to be built, so the round's random stream does not depend on whether the
-    network already existed (a strategy restored from its state behaves like the original).
-    State loaded before the network exists is kept and applied when it is built.
+    :meth:`get` draws one seed from ``ctx.rng`` (:func:`seeded_torch`) on *every* call and
+    uses it only when the network has to be built, so the round's random stream does not
+    depend on whether the network already existed (a strategy restored from its state
+    behaves like the original). State loaded before the network exists is kept and
+    applied when it is built.
     """
 
     def __init__(self, build: Callable[[RoundContext], Network]) -> None:
@@ -44,16 +67,14 @@ class PrivateNetwork(Generic[Network]):
 
     def get(self, ctx: RoundContext, fresh: bool = False) -> Network:
         """The network on ``ctx.device``; ``fresh`` rebuilds it from new initial weights."""
-        seed = int(ctx.rng.integers(0, SEED_BOUND))
-        if fresh:
-            self._module, self._pending = None, {}
-        if self._module is None:
-            with torch.random.fork_rng():
-                torch.manual_seed(seed)
+        with seeded_torch(ctx):
+            if fresh:
+                self._module, self._pending = None, {}
+            if self._module is None:
                 self._module = self._build(ctx)
-            if self._pending:
-                self._module.load_state_dict(self._pending)
-                self._pending = {}
+                if self._pending:
+                    self._module.load_state_dict(self._pending)
+                    self._pending = {}
         return self._module.to(ctx.device)
 
     def parameter_count(self) -> int:
@@ -74,6 +95,48 @@ class PrivateNetwork(Generic[Network]):
             self._pending = dict(state)
         elif state:
             self._module.load_state_dict(state)
+
+
+class PrivateNetworks(Generic[Network]):
+    """Several :class:`PrivateNetwork` built alike, persisted in one flat state dict as
+    ``<name>.<key>``; ``owner`` (the strategy's name) prefixes error messages."""
+
+    def __init__(
+        self, owner: str, names: Sequence[str], build: Callable[[RoundContext], Network]
+    ) -> None:
+        self._owner = owner
+        self._networks = {name: PrivateNetwork(build) for name in names}
+
+    def get(self, ctx: RoundContext) -> list[Network]:
+        """Every network on ``ctx.device``, in the order of ``names`` (one seed each)."""
+        return [network.get(ctx) for network in self._networks.values()]
+
+    def parameter_count(self) -> int:
+        """Trainable parameters of all networks."""
+        return sum(network.parameter_count() for network in self._networks.values())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every network's state under ``<name>.`` (empty before any is built or loaded)."""
+        return {
+            f"{name}.{key}": value
+            for name, network in self._networks.items()
+            for key, value in network.state_dict().items()
+        }
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_dict` returned; it must hold exactly these networks."""
+        parts: dict[str, dict[str, torch.Tensor]] = {name: {} for name in self._networks}
+        found = {key.split(".", 1)[0] for key in state}
+        if state and found != set(parts):
+            raise ValueError(
+                f"{self._owner}: saved state holds networks {sorted(found)}, "
+                f"expected {sorted(parts)}"
+            )
+        for key, value in state.items():
+            name, rest = key.split(".", 1)
+            parts[name][rest] = value
+        for name, network in self._networks.items():
+            network.load_state_dict(parts[name])
 
 
 def step(optimizer: torch.optim.Optimizer, model: nn.Module, loss: torch.Tensor) -> None:
@@ -108,54 +171,42 @@ def unlabelled_batches(ctx: RoundContext, batch_size: int, limit: int) -> Iterat
         yield view.inputs(rows, ctx.device)
 
 
-@dataclass(frozen=True)
-class PrivateTrainingOptions:
-    """Options shared by strategies that train a private network (SGD on labelled batches).
+class SGDOptions(Schema):
+    """Options of a private network trained with SGD on labelled batches.
 
-    - ``backbone``: a :func:`fedal.models.available_models` name for ``ctx.build_model``.
     - ``epochs``: training epochs per ``fit``; ``lr``, ``momentum``, ``weight_decay``,
       ``batch_size``: the SGD settings of those epochs.
-    - ``warm_start``: continue from the network of the previous round (kept in the
-      strategy's state); ``False`` re-initialises it at every ``fit``.
     - ``augment``: crop/flip on labelled batches of 32x32 colour images.
 
-    Subclasses set ``owner`` (the strategy name used in error messages), may override the
-    defaults and extend :meth:`checks` with their own fields.
+    Subclasses may change a default by declaring the field again with the same type
+    (``lr: LearningRate = 0.05``), which keeps its bounds.
     """
 
-    owner: ClassVar[str] = "private network"
-
-    backbone: str = "resnet8"
-    epochs: int = 5
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 64
-    warm_start: bool = True
+    epochs: Epochs = 5
+    lr: LearningRate = 0.01
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    batch_size: BatchSize = 64
     augment: bool = True
 
-    def checks(self) -> list[tuple[str, bool, str]]:
-        """``(field, valid, allowed values)`` for every validated field."""
-        return [
-            ("backbone", self.backbone in available_models(), ", ".join(available_models())),
-            ("epochs", self.epochs >= 0, "an integer >= 0"),
-            ("lr", self.lr > 0, "a number > 0"),
-            ("momentum", 0 <= self.momentum < 1, "0 <= value < 1"),
-            ("weight_decay", self.weight_decay >= 0, "a number >= 0"),
-            ("batch_size", self.batch_size >= 1, "an integer >= 1"),
-        ]
-
-    def __post_init__(self) -> None:
-        for field, valid, allowed in self.checks():
-            if not valid:
-                raise ValueError(
-                    f"query.options.{field}: {getattr(self, field)!r} is not allowed for "
-                    f"'{self.owner}'; allowed: {allowed}"
-                )
+    def settings(self) -> TrainingSection:
+        """These settings as the training section :mod:`fedal.training` reads."""
+        return TrainingSection(
+            optimizer="sgd", lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
 
     def optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
         """SGD with these settings over ``module``'s trainable parameters."""
-        settings = TrainingSection(
-            optimizer="sgd", lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
-        )
-        return make_optimizer(module, settings)
+        return make_optimizer(module, self.settings())
+
+
+class PrivateTrainingOptions(SGDOptions):
+    """:class:`SGDOptions` of one private network built from a model name.
+
+    - ``backbone``: a :func:`fedal.models.available_models` name for ``ctx.build_model``.
+    - ``warm_start``: continue from the network of the previous round (kept in the
+      strategy's state); ``False`` re-initialises it at every ``fit``.
+    """
+
+    backbone: ModelName = "resnet8"
+    warm_start: bool = True

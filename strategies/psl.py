@@ -20,33 +20,40 @@ momentum and weight decay keep moving the weights with no label in the step), se
 experiments/README.md, "PSL's out-of-class study".
 
 Peer Study Feedback (equation 6) then scores the candidates by the peers' discrepancy.
+
+The peers are built, seeded, trained and persisted with :mod:`strategies.private_training`
+(:class:`~strategies.private_training.PrivateNetworks`, one seed from ``ctx.rng`` per peer).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from itertools import chain
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
+from fedal.choices import ModelName, Schedule
 from fedal.config import TrainingSection
-from fedal.models import available_models, count_parameters
-from fedal.training import (
-    SCHEDULES,
-    crop_flip,
-    epoch_batches,
-    make_optimizer,
-    make_schedule,
-    wants_augmentation,
-)
+from fedal.models import Classifier
+from fedal.training import make_schedule
 from fedal.views import SampleView
 from strategies.base import QueryStrategy, RoundContext, top_k
+from strategies.private_training import (
+    BatchCap,
+    LearningRate,
+    PrivateNetworks,
+    SGDOptions,
+    labelled_batches,
+    step,
+    unlabelled_batches,
+)
 from strategies.psl_losses import (
-    RANKINGS,
+    Ranking,
     consensus_mask,
     discrepancy,
     in_class_loss,
@@ -56,14 +63,8 @@ from strategies.psl_losses import (
 from strategies.registry import register
 from strategies.scoring import entropy, predict_logits
 
-MAX_PEERS = 4
-BATCHNORM_MODES = ("batch", "running")
-STUDY_STEPS = ("joint", "alternating")
-STATE_PREFIX = "peer"
 
-
-@dataclass(frozen=True)
-class PSLOptions:
+class PSLOptions(SGDOptions):
     """``[query.options]`` of ``psl``.
 
     - ``peers`` (1-4), ``peer_model``: number and architecture of the peer students.
@@ -92,52 +93,23 @@ class PSLOptions:
     The defaults keep one ``fit`` cheap on a CPU; the experiment configs set paper values.
     """
 
-    peers: int = 2
-    peer_model: str = "resnet8"
-    alpha: float = 0.1
-    tau: float = 4.0
-    margin: float = 0.01
-    ranking: str = "paper"
+    peers: int = Field(2, ge=1, le=4)
+    peer_model: ModelName = "resnet8"
+    alpha: float = Field(0.1, ge=0, le=1)
+    tau: float = Field(4.0, gt=0)
+    margin: float = Field(0.01, ge=0)
+    ranking: Ranking = "paper"
     in_class: bool = True
     out_of_class: bool = True
-    unlabelled_batchnorm: str = "batch"
-    study_steps: str = "joint"
-    epochs: int = 5
-    lr: float = 0.05
-    schedule: str = "cosine"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 64
-    unlabelled_batches_per_epoch: int = 4
-    augment: bool = True
+    unlabelled_batchnorm: Literal["batch", "running"] = "batch"
+    study_steps: Literal["joint", "alternating"] = "joint"
+    lr: LearningRate = 0.05
+    schedule: Schedule = "cosine"
+    unlabelled_batches_per_epoch: BatchCap = 4
 
-    def __post_init__(self) -> None:
-        checks = [
-            ("peers", 1 <= self.peers <= MAX_PEERS, f"an integer from 1 to {MAX_PEERS}"),
-            ("peer_model", self.peer_model in available_models(), ", ".join(available_models())),
-            ("alpha", 0 <= self.alpha <= 1, "0 <= value <= 1"),
-            ("tau", self.tau > 0, "a number > 0"),
-            ("margin", self.margin >= 0, "a number >= 0"),
-            ("ranking", self.ranking in RANKINGS, ", ".join(RANKINGS)),
-            ("study_steps", self.study_steps in STUDY_STEPS, ", ".join(STUDY_STEPS)),
-            (
-                "unlabelled_batchnorm",
-                self.unlabelled_batchnorm in BATCHNORM_MODES,
-                ", ".join(BATCHNORM_MODES),
-            ),
-            ("epochs", self.epochs >= 0, "an integer >= 0"),
-            ("lr", self.lr > 0, "a number > 0"),
-            ("schedule", self.schedule in SCHEDULES, ", ".join(SCHEDULES)),
-            ("momentum", 0 <= self.momentum < 1, "0 <= value < 1"),
-            ("weight_decay", self.weight_decay >= 0, "a number >= 0"),
-            ("batch_size", self.batch_size >= 1, "an integer >= 1"),
-            ("unlabelled_batches_per_epoch", self.unlabelled_batches_per_epoch >= 0, ">= 0"),
-        ]
-        for field, ok, allowed in checks:
-            if not ok:
-                value = getattr(self, field)
-                where = f"query.options.{field}"
-                raise ValueError(f"{where}: {value!r} is not allowed for 'psl'; allowed: {allowed}")
+    def settings(self) -> TrainingSection:
+        """The SGD settings with this ``schedule``."""
+        return super().settings().model_copy(update={"schedule": self.schedule})
 
 
 @register
@@ -152,11 +124,15 @@ class PeerStudyLearning(QueryStrategy):
 
     name = "psl"
     Options = PSLOptions
+    options: PSLOptions
 
     def __init__(self, options: Mapping[str, object] | None = None) -> None:
         super().__init__(options)
-        self._peers: nn.ModuleList | None = None
-        self._pending: dict[str, torch.Tensor] = {}
+        names = [f"peer{j}" for j in range(self.options.peers)]
+        self._peers: PrivateNetworks[Classifier] = PrivateNetworks(self.name, names, self._build)
+
+    def _build(self, ctx: RoundContext) -> Classifier:
+        return ctx.build_model(self.options.peer_model)
 
     # ------------------------------------------------------------------ training
 
@@ -164,17 +140,10 @@ class PeerStudyLearning(QueryStrategy):
         """Algorithm 1, lines 4-12 without line 6: per epoch, in-class study (eq. 2) and
         out-of-class study (eqs 3-5), in shared steps or one after the other
         (``study_steps``); the learning rate follows ``schedule`` over the epochs."""
-        peers = self._ensure_peers(ctx)
+        peers = nn.ModuleList(self._peers.get(ctx))  # one optimiser trains them all
         opts = self.options
-        settings = TrainingSection(
-            optimizer="sgd",
-            lr=opts.lr,
-            momentum=opts.momentum,
-            weight_decay=opts.weight_decay,
-            schedule=opts.schedule,
-        )
-        optimizer = make_optimizer(peers, settings)
-        schedule = make_schedule(optimizer, settings, opts.epochs)
+        optimizer = opts.optimizer(peers)
+        schedule = make_schedule(optimizer, opts.settings(), opts.epochs)
         peers.train()
         for _ in range(opts.epochs):
             in_class = self._in_class_losses(ctx, peers)
@@ -183,13 +152,14 @@ class PeerStudyLearning(QueryStrategy):
                 if opts.out_of_class and len(peers) > 1
                 else iter(())
             )
+            losses: Iterator[torch.Tensor]
             if opts.study_steps == "joint":
                 losses = (loss + next(out_of_class, 0.0) for loss in in_class)
             else:
                 losses = chain(in_class, out_of_class)
             steps = 0
             for loss in losses:
-                _step(optimizer, loss)
+                step(optimizer, peers, loss)
                 steps += 1
             if steps:  # no labelled batch in joint mode: nothing to anneal
                 schedule.step()
@@ -197,12 +167,8 @@ class PeerStudyLearning(QueryStrategy):
 
     def _in_class_losses(self, ctx: RoundContext, peers: nn.ModuleList) -> Iterator[torch.Tensor]:
         """Equation 2 summed over the peers, one loss per shuffled labelled batch."""
-        opts, view = self.options, ctx.labelled
-        for rows in epoch_batches(len(view), opts.batch_size, ctx.generator):
-            inputs = view.inputs(rows, ctx.device)
-            if opts.augment and wants_augmentation(inputs):
-                inputs = crop_flip(inputs, ctx.generator)
-            targets = view.targets(rows, ctx.device)
+        opts = self.options
+        for inputs, targets in labelled_batches(ctx, opts.batch_size, opts.augment):
             teacher = _teacher_logits(ctx.model, inputs) if opts.in_class else None
             yield torch.stack(
                 [
@@ -216,12 +182,9 @@ class PeerStudyLearning(QueryStrategy):
     ) -> Iterator[torch.Tensor]:
         """Equations 3-5 on (capped) shuffled unlabelled batches; batches without a
         pair (S_A or S_D empty) give no loss."""
-        opts, view = self.options, ctx.private_unlabelled
-        batches = epoch_batches(len(view), opts.batch_size, ctx.generator)
-        if opts.unlabelled_batches_per_epoch:
-            batches = batches[: opts.unlabelled_batches_per_epoch]
-        for rows in batches:
-            inputs = view.inputs(rows, ctx.device)
+        opts = self.options
+        batches = unlabelled_batches(ctx, opts.batch_size, opts.unlabelled_batches_per_epoch)
+        for inputs in batches:
             with _running_batchnorm(peers, opts.unlabelled_batchnorm == "running"):
                 logits = torch.stack([peer(inputs) for peer in peers])
             rows_a, rows_d = sample_pairs(consensus_mask(logits.argmax(dim=-1)), ctx.generator)
@@ -253,66 +216,27 @@ class PeerStudyLearning(QueryStrategy):
 
     def peer_logits(self, ctx: RoundContext, view: SampleView) -> torch.Tensor:
         """Every peer's logits on ``view`` (eval mode), stacked as ``(P, N, C)`` on the CPU."""
-        peers = self._ensure_peers(ctx)
         return torch.stack(
-            [predict_logits(peer, view, ctx.device, ctx.batch_size) for peer in peers]
+            [
+                predict_logits(peer, view, ctx.device, ctx.batch_size)
+                for peer in self._peers.get(ctx)
+            ]
         )
 
     def sampling_parameters(self) -> int:
         """Trainable parameters of all peers (the paper's Table 1 'sampling model' size)."""
-        if self._peers is None:
-            raise RuntimeError("psl: the peers do not exist yet; call fit or select first")
-        return count_parameters(self._peers)
+        return self._peers.parameter_count()
 
     # ------------------------------------------------------------------ peers and state
 
-    def _ensure_peers(self, ctx: RoundContext) -> nn.ModuleList:
-        """The peers on ``ctx.device``: created on first use from seeds drawn from
-        ``ctx.rng`` (global torch RNG untouched), then given any loaded state."""
-        if self._peers is None:
-            seeds = ctx.rng.integers(0, 2**62, size=self.options.peers)
-            self._peers = nn.ModuleList(
-                _seeded_model(ctx, self.options.peer_model, int(seed)) for seed in seeds
-            )
-            if self._pending:
-                self._peers.load_state_dict(_unprefixed(self._pending))
-                self._pending = {}
-        return self._peers.to(ctx.device)
-
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Every peer's weights and buffers as ``peer<j>.<name>`` (empty before any peer)."""
-        if self._peers is None:
-            return dict(self._pending)
-        return {
-            f"{STATE_PREFIX}{key}": value.detach().cpu().clone()
-            for key, value in self._peers.state_dict().items()
-        }
+        return self._peers.state_dict()
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Restore peers saved by :meth:`state_dict` (applied when the peers are built)."""
-        found = {key[len(STATE_PREFIX) :].split(".", 1)[0] for key in state}
-        expected = {str(j) for j in range(self.options.peers)}
-        if state and found != expected:
-            raise ValueError(
-                f"psl: saved state holds peers {sorted(found)}, options ask for "
-                f"{self.options.peers} peer(s)"
-            )
-        if self._peers is None:
-            self._pending = dict(state)
-        elif state:
-            self._peers.load_state_dict(_unprefixed(state))
-
-
-def _unprefixed(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``peer<j>.<name>`` keys back to the peer list's own ``<j>.<name>``."""
-    return {key[len(STATE_PREFIX) :]: value for key, value in state.items()}
-
-
-def _seeded_model(ctx: RoundContext, name: str, seed: int) -> nn.Module:
-    """``ctx.build_model(name)`` initialised from ``seed`` without disturbing global RNGs."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return ctx.build_model(name)
+        """Restore peers saved by :meth:`state_dict` (applied when the peers are built);
+        the state must hold as many peers as ``peers`` asks for."""
+        self._peers.load_state_dict(state)
 
 
 @torch.no_grad()
@@ -336,10 +260,3 @@ def _running_batchnorm(peers: nn.ModuleList, active: bool) -> Iterator[None]:
         yield
     finally:
         peers.train()
-
-
-def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-    """One gradient step on ``loss``."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()

@@ -7,11 +7,13 @@ Peer logits are stacked as ``(P, N, C)``: P peers, N samples, C classes.
 from __future__ import annotations
 
 from itertools import combinations, permutations
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
-RANKINGS = ("directional", "paper")
+Ranking = Literal["directional", "paper"]
+"""The readings of equation 5, see :func:`margin_ranking_loss`."""
 
 
 def in_class_loss(
@@ -85,7 +87,7 @@ def sample_pairs(
 
 
 def margin_ranking_loss(
-    d_disagree: torch.Tensor, d_agree: torch.Tensor, margin: float, ranking: str
+    d_disagree: torch.Tensor, d_agree: torch.Tensor, margin: float, ranking: Ranking
 ) -> torch.Tensor:
     """Equation 5, the Out-of-Class Peer Study loss, averaged over the pairs.
 
@@ -103,5 +105,6 @@ def margin_ranking_loss(
     if ranking == "paper":
         gap = torch.where(gap > 0, gap, -gap)
     elif ranking != "directional":
-        raise ValueError(f"ranking: {ranking!r} is not allowed; allowed: {', '.join(RANKINGS)}")
+        allowed = ", ".join(get_args(Ranking))
+        raise ValueError(f"ranking: {ranking!r} is not allowed; allowed: {allowed}")
     return (margin - gap).clamp_min(0).mean()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fedal.models import Classifier
 from fedal.views import SampleView
 
 
@@ -84,7 +85,7 @@ def predict_probs(
 
 @torch.no_grad()
 def predict_embeddings(
-    model: nn.Module, view: SampleView, device: torch.device, batch_size: int
+    model: Classifier, view: SampleView, device: torch.device, batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Penultimate embeddings and logits for every row of ``view``, on the CPU."""
     was_training = model.training

@@ -10,6 +10,7 @@ import numpy as np
 
 from fedal.config import ExperimentConfig, load_config
 from fedal.datasets import load_dataset
+from fedal.reports import ClientReport
 
 TRAIN_COUNT, TEST_COUNT = 900, 300
 
@@ -54,4 +55,27 @@ def tiny_config(data_dir: Path, output_dir: Path, *overrides: str) -> Experiment
             "experiment.save_uploads=true",
             *overrides,
         ],
+    )
+
+
+def client_report(
+    client: int, trained: int, requested: int, ledger: list[tuple[int, int, int]] | None = None
+) -> ClientReport:
+    """One client's round report as the server receives it (10 classes)."""
+    ledger = ledger or []
+    return ClientReport(
+        client=client,
+        num_examples=trained,
+        labels_used=requested,
+        new_labels=len(ledger),
+        new_noisy=1 if ledger else 0,
+        candidates_left=100,
+        budget_short=False,
+        train_loss=0.5,
+        train_seconds=1.0,
+        finetune_confident=0,
+        fit_seconds=0.0,
+        select_seconds=0.1,
+        selected_class_histogram=(len(ledger),) + (0,) * 9,
+        ledger=tuple(ledger),
     )

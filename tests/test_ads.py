@@ -11,6 +11,7 @@ import pytest
 import torch
 from strategy_context import make_context
 
+from fedal.schema import ConfigError
 from strategies import build_strategy
 from strategies.ads import (
     AgreementDiscrepancySelection,
@@ -252,15 +253,32 @@ def test_fit_copes_with_empty_labelled_and_unlabelled_pools() -> None:
 
 
 @pytest.mark.parametrize(
-    ("options", "field"),
+    ("options", "message"),
     [
-        ({"subset_size": -1}, "subset_size"),
-        ({"unlabelled_batches_per_epoch": -2}, "unlabelled_batches_per_epoch"),
-        ({"momentum": 1.0}, "momentum"),
-        ({"backbone": "vgg"}, "backbone"),
-        ({"lambda1": 1.0}, "unknown option"),
+        (
+            {"subset_size": -1},
+            "query.options.subset_size: -1 is not allowed; allowed: an integer >= 0",
+        ),
+        (
+            {"unlabelled_batches_per_epoch": -2},
+            "query.options.unlabelled_batches_per_epoch: -2 is not allowed; "
+            "allowed: an integer >= 0",
+        ),
+        ({"momentum": 1.0}, "query.options.momentum: 1.0 is not allowed; allowed: 0 <= value < 1"),
+        (
+            {"backbone": "vgg"},
+            "query.options.backbone: 'vgg' is not allowed; "
+            "allowed: cnn, mlp, resnet8, resnet14, resnet18",
+        ),
+        (
+            {"lambda1": 1.0},
+            "query.options.lambda1=1.0: unknown field; "
+            "allowed: augment, backbone, batch_size, epochs, lr, momentum, subset_size, tau, "
+            "unlabelled_batches_per_epoch, warm_start, weight_decay",
+        ),
     ],
 )
-def test_invalid_options_are_rejected(options: dict[str, object], field: str) -> None:
-    with pytest.raises(ValueError, match=field):
+def test_invalid_options_are_rejected_in_one_line(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as error:
         build_strategy("ads", options)
+    assert str(error.value) == message

@@ -10,6 +10,7 @@ import torch
 from strategy_context import make_context
 from torch import nn
 
+from fedal.schema import ConfigError
 from strategies import build_strategy
 from strategies.badge import gradient_space
 from strategies.bald import bald_scores
@@ -137,10 +138,33 @@ def test_mc_dropout_strategies_reject_a_model_without_dropout(name: str) -> None
         build_strategy(name).select(make_context(dropout=0.0), 3)
 
 
-@pytest.mark.parametrize(("name", "option"), [("bald", "samples"), ("vote_entropy", "members")])
-def test_mc_dropout_sample_counts_must_be_positive(name: str, option: str) -> None:
-    with pytest.raises(ValueError, match=option):
-        build_strategy(name, {option: 0})
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        (
+            "bald",
+            {"samples": 0},
+            "query.options.samples: 0 is not allowed; allowed: an integer >= 1",
+        ),
+        (
+            "vote_entropy",
+            {"members": 0},
+            "query.options.members: 0 is not allowed; allowed: an integer >= 1",
+        ),
+        (
+            "kmeans",
+            {"chunk_size": 0},
+            "query.options.chunk_size: 0 is not allowed; allowed: an integer >= 1",
+        ),
+        ("entropy", {"samples": 3}, "query.options.samples=3: unknown field; allowed: (none)"),
+    ],
+)
+def test_invalid_options_are_rejected_in_one_line(
+    name: str, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        build_strategy(name, options)
+    assert str(error.value) == message
 
 
 # ------------------------------------------------------------------------ distances

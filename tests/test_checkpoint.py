@@ -9,32 +9,32 @@ import pytest
 
 from fedal.checkpoint import (
     ServerCheckpoint,
-    checkpoint_dir,
     load_client_checkpoint,
     load_server_checkpoint,
     save_client_checkpoint,
     save_server_checkpoint,
 )
+from fedal.rundir import RunDirectory
 
 
 def test_server_checkpoint_round_trips_model_momentum_and_counts(tmp_path: Path) -> None:
     arrays = {"conv.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "bn.n": np.array(7)}
     momentum = [np.ones(3, dtype=np.float32), np.zeros((2, 2), dtype=np.float32)]
-    save_server_checkpoint(tmp_path, ServerCheckpoint(4, 123, arrays, momentum))
+    save_server_checkpoint(RunDirectory(tmp_path), ServerCheckpoint(4, 123, arrays, momentum))
 
-    loaded = load_server_checkpoint(tmp_path)
+    loaded = load_server_checkpoint(RunDirectory(tmp_path))
     assert (loaded.round, loaded.ledger_rows) == (4, 123)
     assert loaded.arrays.keys() == arrays.keys()
     for name, value in arrays.items():
         assert np.array_equal(loaded.arrays[name], value)
         assert loaded.arrays[name].dtype == value.dtype
     assert [m.tolist() for m in loaded.momentum] == [m.tolist() for m in momentum]
-    assert [p.name for p in checkpoint_dir(tmp_path).iterdir()] == ["server.npz"]
+    assert [p.name for p in RunDirectory(tmp_path).checkpoint_dir.iterdir()] == ["server.npz"]
 
 
 def test_missing_server_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
-        load_server_checkpoint(tmp_path)
+        load_server_checkpoint(RunDirectory(tmp_path))
 
 
 def test_client_checkpoints_keep_the_two_newest_and_load_at_or_before_a_round(
@@ -42,12 +42,16 @@ def test_client_checkpoints_keep_the_two_newest_and_load_at_or_before_a_round(
 ) -> None:
     for server_round in (1, 3, 4):
         state = {"fedal.pool": {"labelled": np.full(2, server_round)}, "fedal.strategy": {}}
-        save_client_checkpoint(tmp_path, 2, server_round, state)
-    save_client_checkpoint(tmp_path, 12, 9, {"fedal.pool": {"labelled": np.zeros(1)}})
+        save_client_checkpoint(RunDirectory(tmp_path), 2, server_round, state)
+    save_client_checkpoint(RunDirectory(tmp_path), 12, 9, {"fedal.pool": {"labelled": np.zeros(1)}})
 
-    names = sorted(p.name for p in checkpoint_dir(tmp_path).iterdir())
+    names = sorted(p.name for p in RunDirectory(tmp_path).checkpoint_dir.iterdir())
     assert names == ["client-12-round-9.npz", "client-2-round-3.npz", "client-2-round-4.npz"]
-    assert load_client_checkpoint(tmp_path, 2, 3)["fedal.pool"]["labelled"].tolist() == [3, 3]
-    assert load_client_checkpoint(tmp_path, 2, 10)["fedal.pool"]["labelled"].tolist() == [4, 4]
-    assert load_client_checkpoint(tmp_path, 2, 2) is None
-    assert load_client_checkpoint(tmp_path, 1, 10) is None
+    assert load_client_checkpoint(RunDirectory(tmp_path), 2, 3)["fedal.pool"][
+        "labelled"
+    ].tolist() == [3, 3]
+    assert load_client_checkpoint(RunDirectory(tmp_path), 2, 10)["fedal.pool"][
+        "labelled"
+    ].tolist() == [4, 4]
+    assert load_client_checkpoint(RunDirectory(tmp_path), 2, 2) is None
+    assert load_client_checkpoint(RunDirectory(tmp_path), 1, 10) is None

@@ -8,11 +8,13 @@ import re
 from pathlib import Path
 
 import pytest
+from engine_support import client_report
 
 from fedal.checkpoint import ServerCheckpoint, save_server_checkpoint
 from fedal.cli import main
 from fedal.config import load_config
 from fedal.results import RunRecorder
+from fedal.rundir import RunDirectory
 
 DEMO = str(Path(__file__).resolve().parents[1] / "experiments" / "configs" / "demo.toml")
 
@@ -96,18 +98,10 @@ def test_plot_overlays_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     runs = []
     for seed in (0, 1):
         run_dir = tmp_path / f"run-s{seed}"
-        recorder = RunRecorder(run_dir, load_config(None, [f"experiment.seed={seed}"]))
+        config = load_config(None, [f"experiment.seed={seed}"])
+        recorder = RunRecorder.start(RunDirectory(run_dir), config)
         for server_round in (1, 2):
-            report = {
-                "client": 0,
-                "num-examples": 10 * server_round,
-                "labels-used": 10 * server_round,
-                "new-labels": 0,
-                "new-noisy": 0,
-                "ledger-round": [],
-                "ledger-index": [],
-                "ledger-label": [],
-            }
+            report = client_report(0, trained=10 * server_round, requested=10 * server_round)
             recorder.record_round(server_round, 0.3 * server_round, 1.0, [report], 1.0)
         runs.append(str(run_dir))
     output = tmp_path / "overlay.png"
@@ -123,16 +117,20 @@ def test_resume_refuses_what_it_cannot_continue(
     assert "not a fedal run directory" in _one_error_line(capsys)
 
     run_dir = tmp_path / "run"
-    RunRecorder(run_dir, load_config(None, ["federation.rounds=2"]))
+    RunRecorder.start(RunDirectory(run_dir), load_config(None, ["federation.rounds=2"]))
     assert main(["resume", str(run_dir)]) == 2
     assert "no checkpoint to resume from" in _one_error_line(capsys)
 
-    save_server_checkpoint(run_dir, ServerCheckpoint(2, 0, {}, []))
+    save_server_checkpoint(RunDirectory(run_dir), ServerCheckpoint(2, 0, {}, []))
     assert main(["resume", str(run_dir)]) == 2
     assert "already has 2 of federation.rounds=2 rounds" in _one_error_line(capsys)
 
+    recorded = RunDirectory(run_dir).config_file.read_bytes()
     assert main(["resume", str(run_dir), "--rounds", "3", "--set", "training.lr=0.5"]) == 2
-    assert "cannot change ['training.lr']" in _one_error_line(capsys)
+    assert "cannot change training.lr: 0.05 -> 0.5" in _one_error_line(capsys)
+    assert main(["resume", str(run_dir), "--set", "query.strategy=entropy"]) == 2
+    assert "cannot change query.strategy: 'random' -> 'entropy'" in _one_error_line(capsys)
+    assert RunDirectory(run_dir).config_file.read_bytes() == recorded
 
 
 @pytest.mark.parametrize(

@@ -47,14 +47,12 @@ def test_budget_beyond_the_pool_takes_what_is_left_then_keeps_training() -> None
     pool = experiment.new_pool(config, 0)
     open_left = len(pool.candidates)
     assert open_left < 100
-    first = one_round(config, experiment, state, pool, 1).metrics
-    assert first["new-labels"] == open_left and first["budget-short"] == 1
+    first = one_round(config, experiment, state, pool, 1).report
+    assert first.new_labels == open_left and first.budget_short
     assert len(pool.candidates) == 0
     assert len(np.unique(pool.labelled)) == len(pool.labelled)
     second = one_round(config, experiment, state, pool, 2)
-    assert second.metrics["new-labels"] == 0 and second.metrics["num-examples"] == len(
-        pool.labelled
-    )
+    assert second.report.new_labels == 0 and second.report.num_examples == len(pool.labelled)
     assert set(second.helper_state) == set(state)  # still trains and uploads
 
 
@@ -76,11 +74,12 @@ def test_helper_upload_is_trained_before_the_query_and_reports_ledger() -> None:
     config, experiment, state = setup("query.budget_per_query=3")
     pool = experiment.new_pool(config, 2)
     outcome = one_round(config, experiment, state, pool, 1, strategy="entropy")
-    metrics = outcome.metrics
-    assert metrics["num-examples"] == 5 and metrics["labels-used"] == 8
-    assert metrics["ledger-round"] == [0] * 5 + [1] * 3
-    assert metrics["ledger-index"] == pool.labelled.tolist()
-    assert sum(metrics["selected-class-histogram"]) == 3
+    report = outcome.report
+    assert report.num_examples == 5 and report.labels_used == 8
+    assert [entry[0] for entry in report.ledger] == [0] * 5 + [1] * 3
+    assert [entry[1] for entry in report.ledger] == pool.labelled.tolist()
+    assert [entry[2] for entry in report.ledger] == pool.labels.tolist()
+    assert sum(report.selected_class_histogram) == 3
     assert any(not torch.equal(outcome.helper_state[k], state[k]) for k in state)
 
 

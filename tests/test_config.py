@@ -185,7 +185,9 @@ def test_override_without_equals_sign() -> None:
 def test_override_below_a_value_is_a_config_error(config_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"training\.lr is a value, not a table"):
         load_config(config_path, ["training.lr.max=0.1"])  # the file sets training.lr
-    assert "is not a number" in _error(["training.lr.max=0.1"])
+    assert "training.lr: {'max': 0.1} is not allowed; allowed: a number > 0" in _error(
+        ["training.lr.max=0.1"]
+    )
 
 
 def test_more_clients_than_samples_is_a_config_error() -> None:
@@ -213,3 +215,16 @@ def test_initial_labels_above_candidate_count() -> None:
 def test_initial_labels_within_candidate_count_pass() -> None:
     config = load_config(None, ["data.protected_fraction=0.9", "data.initial_labels_per_client=10"])
     check_against_partition(config, [np.arange(0, 300), np.arange(300, 400)])
+
+
+def test_choice_types_are_the_registries_names() -> None:
+    """Each set of allowed names is declared once (fedal/choices.py); the registries
+    that implement them offer exactly those names."""
+    from typing import get_args
+
+    from fedal.choices import DatasetName, ModelName
+    from fedal.datasets import available_datasets
+    from fedal.models import available_models
+
+    assert set(available_datasets()) == set(get_args(DatasetName))
+    assert set(available_models()) == set(get_args(ModelName))

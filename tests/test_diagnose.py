@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from fedal.app.diagnose import QUINTILES, reference_options
 from fedal.cli import main
-from fedal.diagnose import QUINTILES, reference_options
 
 TOY = [
     "diagnose", "psl", "--dataset", "four-moons", "--teacher-model", "mlp",
@@ -91,7 +91,7 @@ def test_in_class_twin_drops_out_of_class_only_options() -> None:
     ("arguments", "message"),
     [
         (["--options", "ranking='sideways'"], "ranking"),
-        (["--options", "colour=3"], "unknown option"),
+        (["--options", "colour=3"], "unknown field"),
         (["--seeds", "a,b"], "--seeds"),
         (["--candidates", "0"], "--candidates"),
         (["--labels", "2000", "--unlabelled", "2000"], "exceeds"),

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from fedal.app.preflight import check_strategy
 from fedal.config import load_config
-from fedal.preflight import check_strategy
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "experiments" / "configs").glob("*.toml"))
 OFFLINE = {"fashion-mnist", "mnist", "moons", "four-moons"}

@@ -19,7 +19,7 @@ from flower_processes import (
 )
 
 from fedal.config import flatten, from_flat, load_config
-from fedal.results import read_ledger, read_rounds
+from fedal.rundir import RunDirectory
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,11 +51,11 @@ def only_run_dir(output_dir: Path) -> Path:
 
 
 def check_results(run_dir: Path, clients: int) -> None:
-    rounds = read_rounds(run_dir)
+    rounds = RunDirectory(run_dir).read_rounds()
     assert [row["round"] for row in rounds] == [0, 1, 2]
     assert rounds[-1]["labels"] == clients * (6 + 4)
     assert {client["client"] for client in rounds[-1]["clients"]} == set(range(clients))
-    assert len(read_ledger(run_dir)) == clients * (6 + 2 * 4)
+    assert len(RunDirectory(run_dir).read_ledger()) == clients * (6 + 2 * 4)
 
 
 def test_app_config_equals_the_demo_config() -> None:
@@ -92,12 +92,22 @@ def test_flwr_run_simulation_and_resume(tmp_path: Path, small_data: Path) -> Non
         run_dir = only_run_dir(output)
         check_results(run_dir, clients=2)
         resume = f'experiment.resume=true experiment.run_dir="{run_dir}"'
+        recorded = RunDirectory(run_dir).config_file.read_bytes()
+        refused = flwr_run(
+            f"{run_overrides(small_data, output, clients=2, rounds=3)} {resume} "
+            'query.strategy="random"'
+        )
+        assert "resume: cannot change query.strategy: 'entropy' -> 'random'" in (
+            refused.stdout + refused.stderr
+        )
+        assert RunDirectory(run_dir).config_file.read_bytes() == recorded
+        assert [row["round"] for row in RunDirectory(run_dir).read_rounds()] == [0, 1, 2]
         resumed = flwr_run(f"{run_overrides(small_data, output, clients=2, rounds=3)} {resume}")
     finally:
         stop(processes_using(home))  # the local SuperLink `flwr run` left running
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert [row["round"] for row in read_rounds(run_dir)] == [0, 1, 2, 3]
-    assert len(read_ledger(run_dir)) == 2 * (6 + 3 * 4)
+    assert [row["round"] for row in RunDirectory(run_dir).read_rounds()] == [0, 1, 2, 3]
+    assert len(RunDirectory(run_dir).read_ledger()) == 2 * (6 + 3 * 4)
 
 
 def test_loopback_deployment(tmp_path: Path, small_data: Path) -> None:

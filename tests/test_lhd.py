@@ -1,4 +1,5 @@
-"""LHD (Algorithm 1): the EMA step, the lh vectors and the seeding by hand, then behaviour."""
+"""LHD (Algorithm 1): the lh vectors and the seeding by hand, then behaviour (the EMA step
+is tested with :class:`fedal.ema.EmaModel` in test_ema.py)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 from strategy_context import make_context
-from torch import nn
 
 from fedal.config import TrainingSection
 from fedal.datasets import load_dataset
 from fedal.models import build_for_dataset
+from fedal.schema import ConfigError
 from fedal.training import train_supervised
 from fedal.views import SampleView
 from strategies import build_strategy
 from strategies.base import RoundContext
-from strategies.lhd import LHD, ema_update, lhd_vectors, seed_batch
+from strategies.lhd import LHD, lhd_vectors, seed_batch
 
 CHUNK = 3  # smaller than the test sets, so the chunked distance code is exercised
 
@@ -31,21 +32,6 @@ def run_round(seed: int = 0, **options: object) -> tuple[np.ndarray, LHD]:
 
 
 # ---------------------------------------------------------------- equations by hand
-
-
-def test_ema_update_matches_hand_formula() -> None:
-    torch.manual_seed(0)
-    main = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
-    ema = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
-    main[1].running_mean.fill_(2.0)
-    main[1].num_batches_tracked.fill_(7)
-    before = {key: value.clone() for key, value in ema.state_dict().items()}
-    ema_update(ema, main, decay=0.9)
-    after, theta = ema.state_dict(), main.state_dict()
-    for key in ("0.weight", "0.bias", "1.weight", "1.running_mean", "1.running_var"):
-        want = 0.9 * before[key] + 0.1 * theta[key]
-        torch.testing.assert_close(after[key], want)
-    assert int(after["1.num_batches_tracked"]) == 7
 
 
 def test_lhd_vectors_match_hand_computation() -> None:
@@ -114,8 +100,8 @@ def test_fit_trains_main_moves_the_ema_and_leaves_ctx_model_alone() -> None:
         assert torch.equal(value, original[key]), key
     weight = "features.0.weight"
     assert not torch.equal(state[f"main.{weight}"], original[weight])
-    assert not torch.equal(state[f"ema.{weight}"], original[weight])
-    assert not torch.equal(state[f"ema.{weight}"], state[f"main.{weight}"])
+    assert not torch.equal(state[f"ema.module.{weight}"], original[weight])
+    assert not torch.equal(state[f"ema.module.{weight}"], state[f"main.{weight}"])
 
 
 def test_selection_is_within_candidates_and_exact() -> None:
@@ -143,7 +129,7 @@ def test_fresh_backbones_are_seeded_new_networks(backbone: str) -> None:
     np.testing.assert_array_equal(first, second)
     state, helper = strategy.state_dict(), make_context().model.state_dict()
     assert not torch.equal(state["main.features.0.weight"], helper["features.0.weight"])
-    assert torch.equal(state["main.features.0.weight"], state["ema.features.0.weight"])
+    assert torch.equal(state["main.features.0.weight"], state["ema.module.features.0.weight"])
 
 
 def test_helper_backbone_starts_from_the_helper_weights() -> None:
@@ -151,7 +137,7 @@ def test_helper_backbone_starts_from_the_helper_weights() -> None:
     state = strategy.state_dict()
     for key, value in make_context().model.state_dict().items():
         assert torch.equal(state[f"main.{key}"], value), key
-        assert torch.equal(state[f"ema.{key}"], value), key
+        assert torch.equal(state[f"ema.module.{key}"], value), key
 
 
 def test_state_round_trips_and_the_next_round_continues_from_it() -> None:
@@ -175,10 +161,17 @@ def test_state_round_trips_and_the_next_round_continues_from_it() -> None:
 
 
 def test_invalid_options_and_state_are_rejected() -> None:
-    with pytest.raises(ValueError, match="ema_decay"):
+    with pytest.raises(ConfigError) as error:
         build_strategy("lhd", {"ema_decay": 1.0})
-    with pytest.raises(ValueError, match="backbone"):
+    assert (
+        str(error.value) == "query.options.ema_decay: 1.0 is not allowed; allowed: 0 <= value < 1"
+    )
+    with pytest.raises(ConfigError) as error:
         build_strategy("lhd", {"backbone": "vgg"})
+    assert str(error.value) == (
+        "query.options.backbone: 'vgg' is not allowed; "
+        "allowed: helper-init, helper, cnn, mlp, resnet8, resnet14, resnet18"
+    )
     with pytest.raises(ValueError, match="unknown model"):
         build_strategy("lhd").load_state_dict({"peer0.weight": torch.zeros(1)})
 

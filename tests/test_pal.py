@@ -11,6 +11,7 @@ import pytest
 import torch
 from strategy_context import make_context
 
+from fedal.schema import ConfigError
 from strategies import build_strategy
 from strategies.base import RoundContext, top_k
 from strategies.pal import PretextActiveLearning, subquery_sizes
@@ -263,17 +264,37 @@ def test_non_image_inputs_are_rejected_clearly() -> None:
 
 
 @pytest.mark.parametrize(
-    ("options", "field"),
+    ("options", "message"),
     [
-        ({"variant": "diversity_only"}, "variant"),
-        ({"subqueries": 0}, "subqueries"),
-        ({"lambda1": -1.0}, "lambda1"),
-        ({"finetune_steps": -1}, "finetune_steps"),
-        ({"backbone": "vgg"}, "backbone"),
-        ({"lr": 0.0}, "lr"),
-        ({"rounds": 3}, "unknown option"),
+        (
+            {"variant": "diversity_only"},
+            "query.options.variant: 'diversity_only' is not allowed; "
+            "allowed: self_supervision, plus_classification, full",
+        ),
+        (
+            {"subqueries": 0},
+            "query.options.subqueries: 0 is not allowed; allowed: an integer >= 1",
+        ),
+        ({"lambda1": -1.0}, "query.options.lambda1: -1.0 is not allowed; allowed: a number >= 0"),
+        (
+            {"finetune_steps": -1},
+            "query.options.finetune_steps: -1 is not allowed; allowed: an integer >= 0",
+        ),
+        (
+            {"backbone": "vgg"},
+            "query.options.backbone: 'vgg' is not allowed; "
+            "allowed: cnn, mlp, resnet8, resnet14, resnet18",
+        ),
+        ({"lr": 0.0}, "query.options.lr: 0.0 is not allowed; allowed: a number > 0"),
+        (
+            {"rounds": 3},
+            "query.options.rounds=3: unknown field; "
+            "allowed: augment, backbone, batch_size, epochs, finetune_steps, lambda1, lambda2, "
+            "lr, momentum, subqueries, variant, warm_start, weight_decay",
+        ),
     ],
 )
-def test_invalid_options_are_rejected(options: dict[str, object], field: str) -> None:
-    with pytest.raises(ValueError, match=field):
+def test_invalid_options_are_rejected_in_one_line(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as error:
         build_strategy("pal", options)
+    assert str(error.value) == message

@@ -3,8 +3,6 @@ shows the skew it is meant to (synthetic labels: 2000 samples, 10 classes)."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 
@@ -110,7 +108,7 @@ def test_quantity_with_one_sample_per_client_on_average() -> None:
 
 def test_iid_with_one_sample_per_client() -> None:
     labels = LABELS[:300]
-    data = dataclasses.replace(SCHEMES["iid"], num_clients=len(labels))
+    data = SCHEMES["iid"].model_copy(update={"num_clients": len(labels)})
     assert {len(shard) for shard in partition_indices(labels, data, seed=0)} == {1}
 
 

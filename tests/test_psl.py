@@ -14,6 +14,7 @@ from strategy_context import make_context
 from torch import nn
 
 from fedal.models import build_model
+from fedal.schema import ConfigError
 from fedal.views import InputSpec, SampleView
 from strategies import build_strategy
 from strategies.base import RoundContext
@@ -362,24 +363,47 @@ def test_two_resnet8_peers_match_the_paper_size_at_cifar_scale() -> None:
 
 
 @pytest.mark.parametrize(
-    ("options", "field"),
+    ("options", "message"),
     [
-        ({"peers": 0}, "peers"),
-        ({"peers": 5}, "peers"),
-        ({"ranking": "sideways"}, "ranking"),
-        ({"peer_model": "vgg"}, "peer_model"),
-        ({"tau": 0}, "tau"),
-        ({"alpha": 1.5}, "alpha"),
-        ({"batches": 3}, "unknown option"),
+        ({"peers": 0}, "query.options.peers: 0 is not allowed; allowed: 1 <= value <= 4"),
+        ({"peers": 5}, "query.options.peers: 5 is not allowed; allowed: 1 <= value <= 4"),
+        (
+            {"ranking": "sideways"},
+            "query.options.ranking: 'sideways' is not allowed; allowed: directional, paper",
+        ),
+        (
+            {"peer_model": "vgg"},
+            "query.options.peer_model: 'vgg' is not allowed; "
+            "allowed: cnn, mlp, resnet8, resnet14, resnet18",
+        ),
+        ({"tau": 0}, "query.options.tau: 0 is not allowed; allowed: a number > 0"),
+        ({"alpha": 1.5}, "query.options.alpha: 1.5 is not allowed; allowed: 0 <= value <= 1"),
+        (
+            {"study_steps": "both"},
+            "query.options.study_steps: 'both' is not allowed; allowed: joint, alternating",
+        ),
+        (
+            {"batches": 3},
+            "query.options.batches=3: unknown field; "
+            "allowed: alpha, augment, batch_size, epochs, in_class, lr, margin, momentum, "
+            "out_of_class, peer_model, peers, ranking, schedule, study_steps, tau, "
+            "unlabelled_batches_per_epoch, unlabelled_batchnorm, weight_decay",
+        ),
     ],
 )
-def test_invalid_options_are_rejected(options: dict[str, object], field: str) -> None:
-    with pytest.raises(ValueError, match=field):
+def test_invalid_options_are_rejected_in_one_line(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as error:
         build_strategy("psl", options)
+    assert str(error.value) == message
+
+
+def test_options_from_a_flat_run_config_are_coerced() -> None:
+    options = build_strategy("psl", {"peers": "3", "in_class": "false", "lr": 1}).options
+    assert (options.peers, options.in_class, options.lr) == (3, False, 1.0)
 
 
 def test_state_for_another_peer_count_is_rejected() -> None:
     strategy = build_strategy("psl", FAST)
     strategy.select(make_context(), 1)
-    with pytest.raises(ValueError, match="peer"):
+    with pytest.raises(ValueError, match=r"networks \['peer0', 'peer1'\], expected"):
         build_strategy("psl", {"peers": 3}).load_state_dict(strategy.state_dict())

@@ -5,7 +5,7 @@ pixel noise), 150 labels, 2,000 unlabelled images, 1,850 balanced candidates. Wi
 default options, out-of-class study must not make a peer collapse (before the fix a
 peer fell from ~0.95 to ~0.2 here), and the peers' top picks must be harder for the
 teacher than random ones without piling onto one class (before the fix: one class,
-picks the teacher always got right). Measured with :func:`fedal.diagnose.study`.
+picks the teacher always got right). Measured with :func:`fedal.app.diagnose.study`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from fedal.app.diagnose import StudyReport, StudySplit, study
 from fedal.config import TrainingSection
-from fedal.diagnose import StudyReport, StudySplit, study
 from fedal.models import build_model
 from fedal.training import train_supervised
 from fedal.views import InputSpec, SampleView

@@ -3,30 +3,20 @@ RunRecorder, and seed grouping in the accuracy-vs-labels plot."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
+from engine_support import client_report
 
 from fedal.config import ExperimentConfig, from_dict, load_config
 from fedal.plots import group_runs, plot_runs
-from fedal.results import (
-    CONFIG_FILE,
-    LEDGER_FILE,
-    PLOT_FILE,
-    ROUNDS_FILE,
-    SUMMARY_FILE,
-    RunRecorder,
-    area_under_curve,
-    labels_to_reach,
-    new_run_dir,
-    read_ledger,
-    read_rounds,
-)
+from fedal.reports import ClientReport
+from fedal.results import RunRecorder, area_under_curve, labels_to_reach
+from fedal.rundir import RunDirectory
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -63,30 +53,13 @@ def test_labels_to_reach() -> None:
 # ----------------------------------------------------------------------------- run directory
 
 
-def _report(
-    client: int, trained: int, requested: int, ledger: list[tuple[int, int, int]]
-) -> dict[str, Any]:
-    """One client's round metrics as the server receives them (ledger as parallel lists)."""
-    return {
-        "client": client,
-        "num-examples": trained,
-        "labels-used": requested,
-        "new-labels": len(ledger),
-        "new-noisy": 1 if ledger else 0,
-        "train-loss": 0.5,
-        "ledger-round": [entry[0] for entry in ledger],
-        "ledger-index": [entry[1] for entry in ledger],
-        "ledger-label": [entry[2] for entry in ledger],
-    }
-
-
 def _record_run(run_dir: Path, config: ExperimentConfig, accuracy: list[float]) -> RunRecorder:
     """A two-client run: round 0 evaluates only, then each round adds 5 labels per client."""
-    recorder = RunRecorder(run_dir, config)
+    recorder = RunRecorder.start(RunDirectory(run_dir), config)
     recorder.record_round(0, 0.1, 2.3, [], elapsed=0.0)
     for server_round, value in enumerate(accuracy, start=1):
         clients = [
-            _report(
+            client_report(
                 client,
                 trained=10 + 5 * (server_round - 1),
                 requested=10 + 5 * server_round,
@@ -120,31 +93,38 @@ def test_run_recorder_writes_a_complete_run_directory(tmp_path: Path) -> None:
     config = _config()
     run_dir = tmp_path / "run"
     summary = _record_run(run_dir, config, [0.4, 0.65, 0.7]).finish()
+    run = RunDirectory(run_dir)
 
-    for name in (CONFIG_FILE, ROUNDS_FILE, LEDGER_FILE, SUMMARY_FILE, PLOT_FILE):
-        assert (run_dir / name).is_file(), name
-    png = (run_dir / PLOT_FILE).read_bytes()
-    assert png.startswith(PNG_MAGIC)
-    assert len(png) > 1000
-
-    with (run_dir / CONFIG_FILE).open("rb") as handle:
+    for path in (run.config_file, run.rounds_file, run.ledger_file, run.summary_file):
+        assert path.is_file(), path
+    with run.config_file.open("rb") as handle:
         assert from_dict(tomllib.load(handle)) == config  # the resolved config round-trips
 
-    rounds = read_rounds(run_dir)
+    rounds = RunDirectory(run_dir).read_rounds()
     assert [row["round"] for row in rounds] == [0, 1, 2, 3]
     assert [row["labels"] for row in rounds] == [0, 20, 30, 40]
     assert [row["labels_after_query"] for row in rounds] == [0, 30, 40, 50]
     assert rounds[2]["test_accuracy"] == 0.65
     assert rounds[1]["clients"][0] == {
-        "client": 1,
+        "client": 0,
         "num-examples": 10,
         "labels-used": 15,
         "new-labels": 5,
         "new-noisy": 1,
+        "candidates-left": 100,
+        "budget-short": 0,
         "train-loss": 0.5,
-    }
+        "train-seconds": 1.0,
+        "finetune-confident": 0,
+        "fit-seconds": 0.0,
+        "select-seconds": 0.1,
+        "selected-class-histogram": [5] + [0] * 9,
+    }  # clients in client order, without the ledger (that is ledger.csv)
+    assert ClientReport.from_metrics(rounds[1]["clients"][1]) == dataclasses.replace(
+        client_report(1, 10, 15, [(1, 0, 0)] * 5), ledger=()
+    )
 
-    ledger = read_ledger(run_dir)
+    ledger = RunDirectory(run_dir).read_ledger()
     assert ledger.shape == (30, 4)  # 3 rounds x 2 clients x 5 labels
     assert ledger.dtype == np.int64
     np.testing.assert_array_equal(ledger[:5, 0], 0)  # clients in order within a round
@@ -152,7 +132,7 @@ def test_run_recorder_writes_a_complete_run_directory(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ledger[:5], [[0, 1, 10 + k, k % 3] for k in range(5)])
     np.testing.assert_array_equal(ledger[-1], [1, 3, 1034, 1])
 
-    written = json.loads((run_dir / SUMMARY_FILE).read_text())
+    written = run.read_summary()
     assert written == summary
     assert summary["name"] == "unit"
     assert summary["strategy"] == "random"
@@ -167,7 +147,7 @@ def test_run_recorder_writes_a_complete_run_directory(tmp_path: Path) -> None:
 
 
 def test_summary_of_a_run_without_rounds(tmp_path: Path) -> None:
-    recorder = RunRecorder(tmp_path / "empty", _config())
+    recorder = RunRecorder.start(RunDirectory(tmp_path / "empty"), _config())
     summary = recorder.summary()
     assert summary["rounds"] == 0
     assert summary["final_accuracy"] is None
@@ -177,7 +157,7 @@ def test_summary_of_a_run_without_rounds(tmp_path: Path) -> None:
 
 def test_new_run_dir_is_fresh_and_named(tmp_path: Path) -> None:
     config = _config(strategy="entropy", seed=4, output_dir=str(tmp_path / "out"))
-    first, second = new_run_dir(config), new_run_dir(config)
+    first, second = RunDirectory.create(config).path, RunDirectory.create(config).path
     assert first != second
     assert first.is_dir() and first.parent == tmp_path / "out"
     assert first.name.startswith("unit-entropy-s4-")
@@ -215,7 +195,7 @@ def test_plot_keeps_runs_with_different_settings_apart(tmp_path: Path) -> None:
 
 
 def test_table_pairs_each_strategy_with_the_reference_by_seed(tmp_path: Path) -> None:
-    from fedal.sweep import markdown_table, summary_rows
+    from fedal.app.sweep import markdown_table, summary_rows
 
     finals = {"random": [0.60, 0.62, 0.61, 0.63, 0.60, 0.64], "entropy": []}
     finals["entropy"] = [value + 0.02 + 0.01 * seed for seed, value in enumerate(finals["random"])]

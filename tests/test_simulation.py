@@ -9,25 +9,28 @@ import numpy as np
 import pytest
 from engine_support import TRAIN_COUNT, tiny_config, write_small_fashion_mnist
 
-from fedal.checkpoint import checkpoint_dir
+from fedal.app.simulation import simulate
 from fedal.cli import main
 from fedal.config import ExperimentConfig
 from fedal.datasets import load_dataset
-from fedal.results import read_ledger, read_rounds
+from fedal.rundir import RunDirectory
 from fedal.shards import client_shards, new_client_pool
-from fedal.simulation import simulate
 
 
 def run(config: ExperimentConfig, run_dir: Path) -> Path:
-    simulate(config, run_dir)
+    simulate(config.replace("experiment", run_dir=str(run_dir)))
     return run_dir
+
+
+def read_ledger(run_dir: Path) -> np.ndarray:
+    return RunDirectory(run_dir).read_ledger()
 
 
 def uploads(run_dir: Path) -> dict[str, dict[str, np.ndarray]]:
     """Every client's uploaded arrays, by file name (round and client)."""
     return {
         path.name: dict(np.load(path))
-        for path in sorted((run_dir / "uploads").glob("round-*-client-*.npz"))
+        for path in sorted(RunDirectory(run_dir).upload_file(0, 0).parent.glob("*.npz"))
     }
 
 
@@ -59,7 +62,7 @@ def baseline(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_simulation_writes_the_run_directory(baseline: Path) -> None:
-    rounds = read_rounds(baseline)
+    rounds = RunDirectory(baseline).read_rounds()
     assert [row["round"] for row in rounds] == [0, 1, 2]
     assert rounds[1]["labels"] == 3 * 6 and rounds[2]["labels"] == 3 * (6 + 5)
     assert all(0.0 <= row["test_accuracy"] <= 1.0 for row in rounds)
@@ -81,8 +84,8 @@ def test_same_seed_same_run_and_other_seed_differs(
 ) -> None:
     again = run(tiny_config(data_dir, tmp_path), tmp_path / "again")
     assert np.array_equal(read_ledger(again), read_ledger(baseline))
-    assert [r["test_accuracy"] for r in read_rounds(again)] == [
-        r["test_accuracy"] for r in read_rounds(baseline)
+    assert [r["test_accuracy"] for r in RunDirectory(again).read_rounds()] == [
+        r["test_accuracy"] for r in RunDirectory(baseline).read_rounds()
     ]
     other = run(tiny_config(data_dir, tmp_path, "experiment.seed=1"), tmp_path / "other")
     assert not np.array_equal(read_ledger(other), read_ledger(baseline))
@@ -162,7 +165,10 @@ def test_partial_participation_draws_the_same_clients_every_run(
     overrides = ("data.num_clients=4", "federation.fraction_train=0.5", "federation.rounds=3")
 
     def participants(run_dir: Path) -> list[list[int]]:
-        return [sorted(c["client"] for c in row["clients"]) for row in read_rounds(run_dir)[1:]]
+        return [
+            sorted(c["client"] for c in row["clients"])
+            for row in RunDirectory(run_dir).read_rounds()[1:]
+        ]
 
     first = run(tiny_config(data_dir, tmp_path, *overrides), tmp_path / "first")
     second = run(tiny_config(data_dir, tmp_path, *overrides), tmp_path / "second")
@@ -196,13 +202,13 @@ def test_a_resumed_run_equals_the_uninterrupted_run(data_dir: Path, tmp_path: Pa
         interrupted,
     )
     # a crash after round 2 left a client file of an unrecorded round 3 behind
-    (checkpoint_dir(interrupted) / "client-0-round-3.npz").write_bytes(b"not reached")
+    (RunDirectory(interrupted).checkpoint_dir / "client-0-round-3.npz").write_bytes(b"not reached")
 
     assert main(["resume", str(interrupted), "--rounds", "3"]) == 0
 
-    assert [r["round"] for r in read_rounds(interrupted)] == [0, 1, 2, 3]
-    assert [r["test_accuracy"] for r in read_rounds(interrupted)] == [
-        r["test_accuracy"] for r in read_rounds(straight)
+    assert [r["round"] for r in RunDirectory(interrupted).read_rounds()] == [0, 1, 2, 3]
+    assert [r["test_accuracy"] for r in RunDirectory(interrupted).read_rounds()] == [
+        r["test_accuracy"] for r in RunDirectory(straight).read_rounds()
     ]
     assert np.array_equal(read_ledger(interrupted), read_ledger(straight))
     assert_same_uploads(straight, interrupted)

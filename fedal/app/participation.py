@@ -16,27 +16,24 @@ import random
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Message
 from flwr.serverapp import Grid
 
-CLIENT_ID_ACTION = "client_id"
-CLIENT_ID_QUERY = f"{MessageType.QUERY}.{CLIENT_ID_ACTION}"
-CLIENT_ID_KEY = "client"
-NUM_CLIENTS_KEY = "num-clients"
+from clients.protocol import CLIENT_ID_QUERY, ClientIdAnswer, ClientIdQuery
 
 
 class Participation:
     """The seed of the per-round client draw and the node -> client-id directory."""
 
-    def __init__(self, seed: int, num_clients: int, round_offset: int = 0) -> None:
+    def __init__(self, seed: int, num_clients: int) -> None:
         self.seed = seed
         self.num_clients = num_clients
-        self.round_offset = round_offset  # rounds done before a resume
         self.node_clients: dict[int, int] = {}
 
-    def grid_for_round(self, grid: Grid, local_round: int) -> ClientOrderedGrid:
-        """The grid to hand to Flower's ``configure_train`` for this round's draw."""
-        draw_seed = f"fedal-participation-{self.seed}-{self.round_offset + local_round}"
+    def grid_for_round(self, grid: Grid, server_round: int) -> ClientOrderedGrid:
+        """The grid to hand to Flower's ``configure_train`` for the run's round
+        ``server_round`` (absolute: a resumed run draws as the uninterrupted one)."""
+        draw_seed = f"fedal-participation-{self.seed}-{server_round}"
         return ClientOrderedGrid(grid, self, draw_seed)
 
     def ordered_nodes(self, grid: Grid) -> list[int]:
@@ -76,7 +73,7 @@ class ClientOrderedGrid:
 
 def ask_client_ids(grid: Grid, nodes: Iterable[int], num_clients: int) -> dict[int, int]:
     """Each node's client id, from one ``query.client_id`` round trip."""
-    content = RecordDict({"config": ConfigRecord({NUM_CLIENTS_KEY: num_clients})})
+    content = ClientIdQuery(num_clients).to_content()
     messages = [
         Message(content=content, dst_node_id=node, message_type=CLIENT_ID_QUERY) for node in nodes
     ]
@@ -85,5 +82,5 @@ def ask_client_ids(grid: Grid, nodes: Iterable[int], num_clients: int) -> dict[i
         node = reply.metadata.src_node_id
         if reply.has_error():
             raise RuntimeError(f"node {node} did not tell its client id: {reply.error.reason}")
-        answers[node] = int(reply.content.config_records["client"][CLIENT_ID_KEY])
+        answers[node] = ClientIdAnswer.from_content(reply.content).client
     return answers

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, RecordDict
@@ -52,17 +51,17 @@ def quiet_logging(verbose: bool) -> None:
 
 def simulate(
     config: ExperimentConfig,
-    run_dir: Path,
     *,
     ray_address: str | None = None,
     verbose: bool = False,
 ) -> None:
-    """Simulate ``data.num_clients`` clients for ``federation.rounds`` rounds into ``run_dir``."""
+    """Simulate ``data.num_clients`` clients for ``federation.rounds`` rounds into
+    ``experiment.run_dir`` (a new run directory when it is empty)."""
     from clients.app import app as client_app
-    from fedal.server import app as server_app
+    from fedal.app.server import app as server_app
 
     quiet_logging(verbose)
-    run_config = flatten(config.replace("experiment", run_dir=str(run_dir)))
+    run_config = flatten(config)
     context = Context(
         run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=run_config
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import numpy as np
 
 from fedal.config import load_config
 from fedal.plots import group_runs, run_config
-from fedal.results import new_run_dir
+from fedal.rundir import RunDirectory
 from fedal.statistics import PairedComparison, paired_comparison
 
 SUMMARY_COLUMNS = (
@@ -34,18 +33,18 @@ def run_grid(
     verbose: bool = False,
 ) -> list[Path]:
     """Run every (strategy, seed) pair in turn; returns the run directories."""
-    from fedal.preflight import preflight
-    from fedal.simulation import simulate
+    from fedal.app.preflight import preflight
+    from fedal.app.simulation import simulate
 
     run_dirs = []
     for strategy in strategies:
         for seed in seeds:
             config = load_config(config_path, [*overrides, f"experiment.seed={seed}"], strategy)
             preflight(config)
-            run_dir = new_run_dir(config)
-            print(f"== {strategy} seed {seed} -> {run_dir}", flush=True)
-            simulate(config, run_dir, verbose=verbose)
-            run_dirs.append(run_dir)
+            run = RunDirectory.create(config)
+            print(f"== {strategy} seed {seed} -> {run.path}", flush=True)
+            simulate(config.replace("experiment", run_dir=str(run.path)), verbose=verbose)
+            run_dirs.append(run.path)
     return run_dirs
 
 
@@ -64,7 +63,7 @@ def summary_rows(
     both ran (mean, 95% t interval, Wilcoxon p; see :mod:`fedal.statistics`)."""
     groups = []
     for runs in group_runs([Path(run) for run in run_dirs]).values():
-        summaries = [json.loads((run / "summary.json").read_text()) for run in runs]
+        summaries = [RunDirectory(run).read_summary() for run in runs]
         config = run_config(runs[0])
         groups.append((config, {summary["seed"]: summary for summary in summaries}))
     baseline = next((s for c, s in groups if c["query"]["strategy"] == reference), None)

@@ -34,9 +34,9 @@ from fedal.config import ConfigError, parse_override
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
     from fedal.datasets import LoadedDataset
+    from fedal.models import Classifier
     from fedal.statistics import PairedComparison
     from fedal.views import SampleView
 
@@ -170,14 +170,14 @@ def draw_split(dataset: LoadedDataset, settings: DiagnoseSettings, seed: int) ->
 
 
 def study(
-    teacher: nn.Module,
+    teacher: Classifier,
     split: StudySplit,
     options: Mapping[str, Any],
     *,
     label: str,
     seed: int,
     budget: int,
-    build_model: Callable[..., nn.Module],
+    build_model: Callable[..., Classifier],
     device: torch.device,
     batch_size: int = 512,
 ) -> StudyReport:
@@ -283,7 +283,7 @@ def _mean_or_none(values: np.ndarray) -> float | None:
 
 def train_teacher(
     dataset: LoadedDataset, split: StudySplit, settings: DiagnoseSettings, seed: int, device: Any
-) -> nn.Module:
+) -> Classifier:
     """The task learner: ``teacher_model`` trained on the split's labelled samples."""
     import torch
 
@@ -336,7 +336,7 @@ def run_diagnosis(settings: DiagnoseSettings) -> list[StudyReport]:
 
 def _study_on(
     dataset: LoadedDataset,
-    teacher: nn.Module,
+    teacher: Classifier,
     split: StudySplit,
     option_text: str,
     seed: int,
@@ -580,8 +580,7 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 def _check(settings: DiagnoseSettings) -> None:
     """Sizes and option sets fail here with one line, before any training."""
-    from strategies.base import parse_options
-    from strategies.psl import PSLOptions
+    from strategies.psl import PeerStudyLearning
 
     for name in ("labels", "unlabelled", "candidates", "budget", "psl_epochs", "teacher_epochs"):
         if getattr(settings, name) < 1:
@@ -590,6 +589,6 @@ def _check(settings: DiagnoseSettings) -> None:
         raise ConfigError("--seeds: give at least one seed")
     for text in (*settings.option_sets, settings.reference):
         try:
-            parse_options(PSLOptions, parse_option_set(text), "psl")
+            PeerStudyLearning.parse_options(parse_option_set(text))
         except (ValueError, TypeError) as error:
             raise ConfigError(f"--options {text!r}: {error}") from None

@@ -1,7 +1,7 @@
 """Checks that run before any Ray worker starts: names, options, data-dependent limits.
 
-Part of the application layer (with :mod:`fedal.cli`, :mod:`fedal.server` and
-:mod:`fedal.simulation`): it may import the query strategies to validate their names
+Part of the application layer (with :mod:`fedal.cli`, :mod:`fedal.app.server` and
+:mod:`fedal.app.simulation`): it may import the query strategies to validate their names
 and options.
 """
 
@@ -25,6 +25,13 @@ def check_strategy(config: ExperimentConfig) -> None:
         build_strategy(config.query.strategy, config.query.options)
     except (TypeError, ValueError) as error:
         raise ConfigError(str(error)) from None
+
+
+def checked_config(config: ExperimentConfig) -> ExperimentConfig:
+    """``config`` once its strategy's name and options passed (the edge check of
+    ``fedal run`` and of the ServerApp under ``flwr run``)."""
+    check_strategy(config)
+    return config
 
 
 def preflight(config: ExperimentConfig) -> dict[str, Any]:

@@ -1,0 +1,129 @@
+"""The round protocol between fedal's ServerApp and ClientApp, typed.
+
+Three exchanges, each a dataclass with exactly one conversion to and one from Flower
+records:
+
+- :class:`ClientIdQuery` / :class:`ClientIdAnswer`: the server asks a node once which
+  client (``partition-id``) it is (reproducible participation, :mod:`fedal.app.participation`).
+- :class:`RoundTask`: what the server sends for one training round: the experiment
+  config, the run's absolute round number (resumed runs included; Flower's own
+  ``server-round`` counts the rounds of one ``strategy.start`` call and is not used) and,
+  in a resumed run, the round it resumed after.
+- :class:`RoundReply`: the helper's arrays and the :class:`~fedal.reports.ClientReport`.
+
+The config travels as JSON and is parsed once per process and config text, so a client
+does not validate the same config again every round (it was validated at the edge).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+
+from fedal.config import ExperimentConfig
+from fedal.reports import ClientReport
+
+CLIENT_ID_ACTION = "client_id"
+CLIENT_ID_QUERY = f"{MessageType.QUERY}.{CLIENT_ID_ACTION}"
+_ROUND_KEY = "fedal-round"
+_CONFIG_KEY = "fedal-config"
+_RESUMED_KEY = "fedal-resumed-after"
+
+
+def record_int(record: ConfigRecord, key: str) -> int:
+    """An integer stored in a Flower ``ConfigRecord`` (a TypeError names a wrong value)."""
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"record field {key!r}: expected an integer, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ClientIdQuery:
+    """Which client are you? (the server knows how many there should be)."""
+
+    num_clients: int
+
+    def to_content(self) -> RecordDict:
+        return RecordDict({"query": ConfigRecord({"num-clients": self.num_clients})})
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> ClientIdQuery:
+        return cls(num_clients=record_int(content.config_records["query"], "num-clients"))
+
+
+@dataclass(frozen=True)
+class ClientIdAnswer:
+    """This node's client id."""
+
+    client: int
+
+    def to_content(self) -> RecordDict:
+        return RecordDict({"answer": ConfigRecord({"client": self.client})})
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> ClientIdAnswer:
+        return cls(client=record_int(content.config_records["answer"], "client"))
+
+
+@dataclass(frozen=True)
+class RoundTask:
+    """One training round for one client.
+
+    ``resumed_after``: in a resumed run, the last round of the checkpoint it continues
+    (a client restores its state from that round, never from a later file of the
+    interrupted run); ``None`` otherwise.
+    """
+
+    server_round: int
+    config: ExperimentConfig
+    resumed_after: int | None = None
+
+    def to_config_record(self) -> ConfigRecord:
+        """The train config record the Flower strategy sends with the global arrays."""
+        record = ConfigRecord(
+            {_ROUND_KEY: self.server_round, _CONFIG_KEY: self.config.model_dump_json()}
+        )
+        if self.resumed_after is not None:
+            record[_RESUMED_KEY] = self.resumed_after
+        return record
+
+    @classmethod
+    def from_message(cls, message: Message) -> RoundTask:
+        record = message.content.config_records["config"]
+        return cls(
+            server_round=record_int(record, _ROUND_KEY),
+            config=_parse_config(str(record[_CONFIG_KEY])),
+            resumed_after=record_int(record, _RESUMED_KEY) if _RESUMED_KEY in record else None,
+        )
+
+
+@lru_cache(maxsize=4)
+def _parse_config(text: str) -> ExperimentConfig:
+    return ExperimentConfig.model_validate_json(text)
+
+
+@dataclass(frozen=True)
+class RoundReply:
+    """What leaves a client after a round: the helper's weights and its report."""
+
+    helper_state: dict[str, torch.Tensor]
+    report: ClientReport
+
+    def to_content(self) -> RecordDict:
+        return RecordDict(
+            {
+                "arrays": ArrayRecord(self.helper_state),
+                "metrics": MetricRecord(self.report.to_metrics()),
+            }
+        )
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> RoundReply:
+        return cls(
+            helper_state=content.array_records["arrays"].to_torch_state_dict(),
+            report=ClientReport.from_metrics(content.metric_records["metrics"]),
+        )

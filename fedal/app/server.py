@@ -1,0 +1,281 @@
+"""Flower ``ServerApp``: Flower's FedAvg (or FedProx / FedAvgM) over the clients' helpers,
+central evaluation of the task model on the test set at round 0 and after every round,
+and the per-round results writer.
+
+Round numbers are the run's absolute rounds everywhere (a resumed run continues its
+numbering); the one translation from the rounds of Flower's ``strategy.start`` happens in
+:func:`strict_and_ordered`'s strategy and in the central evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg, FedAvgM, FedProx
+
+from clients.protocol import RoundReply, RoundTask
+from fedal.app.participation import Participation
+from fedal.app.preflight import checked_config
+from fedal.app.progress import RoundProgress
+from fedal.checkpoint import ServerCheckpoint, load_server_checkpoint, save_server_checkpoint
+from fedal.config import ExperimentConfig, from_flat
+from fedal.datasets import LoadedDataset
+from fedal.models import build_for_dataset
+from fedal.plots import plot_runs
+from fedal.reports import ClientReport, round_totals
+from fedal.results import RunRecorder
+from fedal.resume import check_resume
+from fedal.rundir import RunDirectory
+from fedal.shards import (
+    SUBSET_STREAM,
+    TEST_SUBSET_OWNER,
+    client_rng,
+    load_experiment,
+    partition_summary,
+)
+from fedal.training import default_device, evaluate
+from fedal.views import SampleView
+
+LOG = logging.getLogger("fedal.server")
+Strategy = TypeVar("Strategy", bound=FedAvg)
+
+app = ServerApp()
+
+
+class ClientRoundError(RuntimeError):
+    """A client failed during a round; the run stops instead of averaging fewer helpers."""
+
+
+def train_totals(records: list[RecordDict], weighting_key: str) -> MetricRecord:
+    """``train_metrics_aggr_fn``: the round's label sums and mean train loss."""
+    reports = [RoundReply.from_content(record).report for record in records]
+    return MetricRecord(round_totals(reports))
+
+
+class RoundReports:
+    """What the aggregation path hands on: each round's replies, for the results writer.
+
+    It also keeps the audit of uploads (``experiment.save_uploads``) and says once per
+    client when its budget exceeded its remaining candidates.
+    """
+
+    def __init__(self, run: RunDirectory, save_uploads: bool) -> None:
+        self.run = run
+        self.save_uploads = save_uploads
+        self.by_round: dict[int, list[ClientReport]] = {}
+        self.short_clients: set[int] = set()
+
+    def received(self, server_round: int, replies: list[RoundReply]) -> None:
+        """The replies aggregated in ``server_round`` (in client order)."""
+        self.by_round[server_round] = [reply.report for reply in replies]
+        for reply in replies:
+            report = reply.report
+            if self.save_uploads:
+                arrays = {name: t.cpu().numpy() for name, t in reply.helper_state.items()}
+                self.run.save_upload(server_round, report.client, arrays)
+            if report.budget_short and report.client not in self.short_clients:
+                self.short_clients.add(report.client)
+                LOG.warning(
+                    "client %d: budget exceeds the remaining candidates; taking what is left "
+                    "(%d candidates left now)",
+                    report.client,
+                    report.candidates_left,
+                )
+
+    def take(self, server_round: int) -> list[ClientReport]:
+        """The reports of ``server_round`` (none for round 0)."""
+        return self.by_round.pop(server_round, [])
+
+
+def strict_and_ordered(strategy_class: type[Strategy]) -> type[Strategy]:
+    """The Flower strategy class, sampling and aggregating in client order, failing fast.
+
+    Clients are drawn reproducibly (see :mod:`fedal.app.participation`). Replies arrive in
+    completion order; floating-point sums depend on order, so sorting by client makes the
+    aggregate bit-reproducible. Any error reply stops the run rather than silently
+    averaging fewer helpers. Flower counts the rounds of this ``start`` from 1; the
+    strategy adds ``first_round - 1`` to send and record the run's absolute rounds.
+    """
+
+    class StrictOrdered(strategy_class):  # type: ignore[misc, valid-type]
+        def __init__(
+            self,
+            *args: Any,
+            participation: Participation,
+            task: Callable[[int], RoundTask],
+            reports: RoundReports,
+            first_round: int,
+            **kwargs: Any,
+        ) -> None:
+            super().__init__(*args, **kwargs)
+            self.participation = participation
+            self.task = task
+            self.reports = reports
+            self.rounds_before = first_round - 1
+
+        def configure_train(
+            self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+        ) -> Iterable[Message]:
+            absolute = self.rounds_before + server_round
+            ordered = self.participation.grid_for_round(grid, absolute)
+            task = self.task(absolute).to_config_record()
+            return super().configure_train(server_round, arrays, task, ordered)
+
+        def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> Any:
+            absolute = self.rounds_before + server_round
+            replies = list(replies)
+            failed = [reply for reply in replies if reply.has_error()]
+            if failed:
+                raise ClientRoundError(
+                    f"{len(failed)} client(s) failed in round {absolute}: {failed[0].error.reason}"
+                )
+            parsed = sorted(
+                ((RoundReply.from_content(reply.content), reply) for reply in replies),
+                key=lambda pair: pair[0].report.client,
+            )
+            self.reports.received(absolute, [content for content, _ in parsed])
+            return super().aggregate_train(server_round, [reply for _, reply in parsed])
+
+    StrictOrdered.__name__ = strategy_class.__name__
+    return StrictOrdered
+
+
+def aggregation_strategy(
+    config: ExperimentConfig,
+    reports: RoundReports,
+    first_round: int = 1,
+    resumed_after: int | None = None,
+) -> FedAvg:
+    """Flower's built-in FedAvg / FedProx / FedAvgM as configured, whose first round is
+    the run's round ``first_round`` (later than 1 when resuming)."""
+    fed = config.federation
+    common: dict[str, Any] = {
+        "fraction_train": fed.fraction_train,
+        "fraction_evaluate": 0.0,
+        "min_train_nodes": 1,
+        "min_evaluate_nodes": 0,
+        "min_available_nodes": config.data.num_clients,
+        "train_metrics_aggr_fn": train_totals,
+        "participation": Participation(config.experiment.seed, config.data.num_clients),
+        "task": lambda server_round: RoundTask(server_round, config, resumed_after),
+        "reports": reports,
+        "first_round": first_round,
+    }
+    builders: dict[str, Callable[[], FedAvg]] = {
+        "fedavg": lambda: strict_and_ordered(FedAvg)(**common),
+        "fedprox": lambda: strict_and_ordered(FedProx)(proximal_mu=fed.proximal_mu, **common),
+        "fedavgm": lambda: strict_and_ordered(FedAvgM)(
+            server_learning_rate=fed.server_lr, server_momentum=fed.server_momentum, **common
+        ),
+    }
+    return builders[fed.aggregation]()
+
+
+def test_view(config: ExperimentConfig, dataset: LoadedDataset) -> SampleView:
+    """The test set (or a seeded ``data.test_subset`` of it) as a labelled view."""
+    total = len(dataset.test_y)
+    rows = np.arange(total, dtype=np.int64)
+    if 0 < config.data.test_subset < total:
+        rng = client_rng(config.experiment.seed, TEST_SUBSET_OWNER, SUBSET_STREAM)
+        rows = np.sort(rng.choice(total, size=config.data.test_subset, replace=False))
+    return SampleView(dataset.test_x, rows, dataset.input_spec, dataset.test_y[rows])
+
+
+def serve(grid: Grid, config: ExperimentConfig) -> dict[str, Any]:
+    """Run the federation for ``federation.rounds`` rounds and write the run directory.
+
+    The run directory is ``experiment.run_dir`` (the clients checkpoint there too). With
+    ``experiment.resume`` the run continues from its checkpoint (the model, FedAvgM's
+    momentum, the results so far) up to ``federation.rounds``, after the resume rule
+    (:func:`fedal.resume.check_resume`) accepted the config.
+    """
+    run = RunDirectory(Path(config.experiment.run_dir))
+    resumed = None
+    if config.experiment.resume:
+        check_resume(run.read_config(), config)
+        resumed = load_server_checkpoint(run)
+    start = resumed.round if resumed else 0
+    if start >= config.federation.rounds:
+        raise ValueError(
+            f"{run.path} already has {start} rounds; raise federation.rounds to continue it"
+        )
+    seed = config.experiment.seed
+    random.seed(seed)
+    torch.manual_seed(seed)
+    device = default_device()
+    experiment = load_experiment(config)
+    dataset = experiment.dataset
+    model = build_for_dataset(config.model.helper, dataset, config.model.dropout).to(device)
+    test = test_view(config, dataset)
+    if resumed:
+        model.load_state_dict({name: torch.from_numpy(a) for name, a in resumed.arrays.items()})
+        recorder = RunRecorder.resume(run, config, start, resumed.ledger_rows)
+    else:
+        recorder = RunRecorder.start(run, config)
+        run.write_partition(partition_summary(config, experiment))
+    reports = RoundReports(run, config.experiment.save_uploads)
+    progress = RoundProgress(config.federation.rounds, first_round=start)
+    strategy = aggregation_strategy(
+        config, reports, first_round=start + 1, resumed_after=start if resumed else None
+    )
+    if resumed and resumed.momentum and isinstance(strategy, FedAvgM):
+        strategy.momentum_vector = resumed.momentum
+
+    def central_evaluation(local_round: int, arrays: ArrayRecord) -> MetricRecord:
+        server_round = start + local_round
+        model.load_state_dict(arrays.to_torch_state_dict())
+        stats = evaluate(model, test, device, config.training.eval_batch_size)
+        metrics = MetricRecord({"accuracy": stats.accuracy, "loss": stats.loss})
+        if resumed and local_round == 0:
+            return metrics  # this round is already in the results
+        row = recorder.record_round(
+            server_round,
+            stats.accuracy,
+            stats.loss,
+            reports.take(server_round),
+            progress.elapsed(),
+        )
+        if config.experiment.checkpoint:
+            momentum = getattr(strategy, "momentum_vector", None)
+            save_server_checkpoint(
+                run,
+                ServerCheckpoint(
+                    server_round,
+                    recorder.ledger_rows,
+                    {name: arrays[name].numpy() for name in arrays},
+                    list(momentum) if momentum else [],
+                ),
+            )
+        progress.report(server_round, row["labels"], stats.accuracy)
+        return metrics
+
+    strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=config.federation.rounds - start,
+        evaluate_fn=central_evaluation,
+    )
+    summary = recorder.finish()
+    plot_runs([run.path], run.plot_file)
+    print(f"results: {run.path}\nplot:    {run.plot_file}", flush=True)
+    return summary
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Entry point for both ``fedal run`` (simulation) and ``flwr run`` / deployment.
+
+    The run config is validated here, at the edge, once (strategy options included).
+    """
+    config = checked_config(from_flat(context.run_config))
+    if not config.experiment.run_dir:
+        config = config.replace("experiment", run_dir=str(RunDirectory.create(config).path))
+    serve(grid, config)

@@ -1,0 +1,23 @@
+"""Every set of allowed names in an experiment config, declared once as a ``Literal``.
+
+:mod:`fedal.config` types its fields with these; the registries that implement the
+names (datasets, models, optimisers, ...) are keyed by the same types, and
+``typing.get_args`` lists them wherever a tuple of names is needed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+DatasetName = Literal[
+    "fashion-mnist", "mnist", "cifar10", "cifar100", "svhn", "moons", "four-moons"
+]
+ModelName = Literal["cnn", "mlp", "resnet8", "resnet14", "resnet18"]
+PartitionScheme = Literal["iid", "dirichlet", "pathological", "quantity"]
+Corruption = Literal["none", "noisy-blank", "noisy-diverse", "noisy-class"]
+NoiseModel = Literal["none", "uniform", "structured"]
+Optimizer = Literal["sgd", "adam"]
+Schedule = Literal["constant", "cosine"]
+ScoringModel = Literal["helper", "global"]
+PrivateData = Literal["candidates", "all"]
+Aggregation = Literal["fedavg", "fedprox", "fedavgm"]

@@ -1,0 +1,42 @@
+"""What may change when a run is resumed, checked on every path that resumes.
+
+``fedal resume RUN_DIR`` and ``flwr run . --run-config 'experiment.resume=true
+experiment.run_dir=RUN_DIR ...'`` both continue a recorded run; a resumed run must be the
+same experiment, so only the number of rounds and the client resources may differ from
+the recorded ``config.toml`` (and the bookkeeping fields that never affect results: where
+the run lives and the resume switch itself). Anything else is refused with one line
+before any file of the run directory is touched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedal.config import ExperimentConfig
+from fedal.schema import ConfigError
+
+RESUMABLE_CHANGES = frozenset(
+    {"federation.rounds", "federation.client_cpus", "federation.client_gpus"}
+)
+BOOKKEEPING = frozenset({"experiment.resume", "experiment.run_dir", "experiment.output_dir"})
+
+
+def _fields(config: ExperimentConfig) -> dict[str, Any]:
+    return {
+        f"{section}.{name}": value
+        for section, values in config.to_dict().items()
+        for name, value in values.items()
+    }
+
+
+def check_resume(recorded: ExperimentConfig, requested: ExperimentConfig) -> None:
+    """Refuse a resume that changes anything but rounds and client resources."""
+    before, after = _fields(recorded), _fields(requested)
+    changed = sorted(key for key in before if before[key] != after[key])
+    refused = [key for key in changed if key not in RESUMABLE_CHANGES | BOOKKEEPING]
+    if refused:
+        detail = ", ".join(f"{key}: {before[key]!r} -> {after[key]!r}" for key in refused)
+        raise ConfigError(
+            f"resume: cannot change {detail} of a recorded run; "
+            f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change"
+        )
