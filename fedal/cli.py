@@ -68,7 +68,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
     preflight(config)
     run = RunDirectory(Path(args.run_dir)) if args.run_dir else RunDirectory.create(config)
-    run.path.mkdir(parents=True, exist_ok=True)
+    run.refuse_if_taken()
+    run.check_free()
     print(
         f"fedal: {config.query.privacy_mode} | {config.experiment.name} | "
         f"{config.data.dataset} | "
@@ -96,22 +97,25 @@ def _print_summary(run: RunDirectory) -> None:
 def cmd_resume(args: argparse.Namespace) -> int:
     """Continue a run directory from its checkpoint (after a crash, or to add rounds)."""
     from fedal.checkpoint import load_server_checkpoint
-    from fedal.resume import check_resume
+    from fedal.resume import check_results, check_resume
     from fedal.rundir import RunDirectory
 
     run = RunDirectory.existing(args.run_dir)
     tables = run.read_config_tables()
     config = from_dict(apply_overrides(tables, _overrides(args)))
     check_resume(from_dict(tables), config)
+    run.check_free()
     try:
-        done = load_server_checkpoint(run).round
+        checkpoint = load_server_checkpoint(run)
     except FileNotFoundError as error:
         raise ConfigError(str(error)) from None
+    done = checkpoint.round
     if done >= config.federation.rounds:
         raise ConfigError(
             f"{run.path} already has {done} of federation.rounds={config.federation.rounds} "
             f"rounds; pass --rounds N (N > {done}) to continue it"
         )
+    check_results(run, done, checkpoint.ledger_rows)
     from fedal.app.simulation import simulate
 
     config = config.replace("experiment", resume=True, run_dir=str(run.path))

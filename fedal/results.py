@@ -66,9 +66,11 @@ class RunRecorder:
     ) -> RunRecorder:
         """Continue ``run`` after round ``through_round``: rounds and ledger rows
         written after that round's checkpoint are dropped, the counters are replayed.
-        The recorded config stays as it is (the resume rule, :mod:`fedal.resume`)."""
+        The config, accepted by the resume rule (:mod:`fedal.resume`), is recorded with
+        its new round count."""
         rows = [row for row in run.read_rounds() if row["round"] <= through_round]
         ledger = run.read_ledger()[:ledger_rows]
+        run.write_config(config)
         run.start_results(rows, ledger)
         recorder = cls(run, config)
         recorder.ledger_rows = len(ledger)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from fedal.config import ExperimentConfig
+from fedal.rundir import RunDirectory
 from fedal.schema import ConfigError
 
 RESUMABLE_CHANGES = frozenset(
@@ -39,4 +40,23 @@ def check_resume(recorded: ExperimentConfig, requested: ExperimentConfig) -> Non
         raise ConfigError(
             f"resume: cannot change {detail} of a recorded run; "
             f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change"
+        )
+
+
+def check_results(run: RunDirectory, checkpoint_round: int, ledger_rows: int) -> None:
+    """The results files hold everything the checkpoint counts (rounds 0..its round and
+    its ledger rows); rows after it are dropped on resume. Missing rows cannot be
+    rebuilt from the checkpoint, so the resume is refused with one line."""
+    recorded = {row["round"] for row in run.read_rounds()}
+    missing = sorted(set(range(checkpoint_round + 1)) - recorded)
+    if missing:
+        raise ConfigError(
+            f"resume: {run.rounds_file} lacks round(s) {missing} of the checkpoint (after "
+            f"round {checkpoint_round}); the run cannot be continued, start a new one"
+        )
+    held = len(run.read_ledger())
+    if held < ledger_rows:
+        raise ConfigError(
+            f"resume: {run.ledger_file} holds {held} rows, the checkpoint counts "
+            f"{ledger_rows}; the run cannot be continued, start a new one"
         )

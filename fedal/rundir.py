@@ -6,15 +6,24 @@ given), ``summary.json``, ``accuracy_vs_labels.png``, ``uploads/`` (with
 ``experiment.save_uploads``: every client's uploaded arrays per round) and
 ``checkpoints/`` (:mod:`fedal.checkpoint`). Every file name is spelled here and every
 read and write of these files goes through :class:`RunDirectory`.
+
+A run directory holds one run, written by one process at a time: :meth:`RunDirectory.lock`
+takes an exclusive ``flock`` on ``.lock`` for the run's lifetime, and every results file
+is replaced atomically (written to a temporary name, then renamed), so a crash leaves
+either the old or the new file, never half of one.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
+import io
 import json
+import os
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -56,6 +65,48 @@ class RunDirectory:
         if not run.config_file.is_file():
             raise ConfigError(f"{path}: not a fedal run directory (no {run.config_file.name})")
         return run
+
+    # ---------------------------------------------------------------- ownership
+    @property
+    def holds_run(self) -> bool:
+        """Whether a run was started here (its config is recorded)."""
+        return self.config_file.is_file()
+
+    def refuse_if_taken(self) -> None:
+        """A new run may not overwrite a recorded one (one line says what to do)."""
+        if self.holds_run:
+            raise ConfigError(
+                f"{self.path} already holds a run; continue it with `fedal resume {self.path}` "
+                "or choose a new run directory"
+            )
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the directory for one process; a second one is refused with one line."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with (self.path / ".lock").open("a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                raise ConfigError(
+                    f"{self.path} is in use by another fedal process (pid {holder}); wait for "
+                    "it to finish or choose another run directory"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def check_free(self) -> None:
+        """Refuse now (before any work) when another process holds the directory."""
+        with self.lock():
+            pass
 
     # ---------------------------------------------------------------- paths
     @property
@@ -111,7 +162,7 @@ class RunDirectory:
         """The resolved config, as a file to rerun as is (``resume`` off)."""
         self.path.mkdir(parents=True, exist_ok=True)
         resolved = config.replace("experiment", resume=False)
-        self.config_file.write_text(tomli_w.dumps(resolved.to_dict()))
+        _replace(self.config_file, tomli_w.dumps(resolved.to_dict()))
 
     def read_config_tables(self) -> dict[str, Any]:
         """The recorded config as nested tables (not validated)."""
@@ -124,30 +175,32 @@ class RunDirectory:
 
     # ---------------------------------------------------------------- results
     def write_partition(self, summary: Mapping[str, Any]) -> None:
-        self.partition_file.write_text(json.dumps(summary, indent=2))
+        _replace(self.partition_file, json.dumps(summary, indent=2))
 
     def start_results(
         self, rows: Iterable[Mapping[str, Any]] = (), ledger: np.ndarray | None = None
     ) -> None:
         """(Re)write ``rounds.jsonl`` and ``ledger.csv`` with the given rows only."""
-        self.rounds_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
-        with self.ledger_file.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(LEDGER_COLUMNS)
-            if ledger is not None:
-                writer.writerows(ledger.tolist())
+        _replace(self.rounds_file, "".join(json.dumps(row) + "\n" for row in rows))
+        rows_text = _csv_text([LEDGER_COLUMNS, *([] if ledger is None else ledger.tolist())])
+        _replace(self.ledger_file, rows_text)
 
     def append_round(self, row: Mapping[str, Any]) -> None:
-        with self.rounds_file.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
+        _replace(self.rounds_file, self.rounds_file.read_text() + json.dumps(row) + "\n")
 
     def append_ledger(self, rows: Iterable[tuple[int, int, int, int]]) -> None:
-        with self.ledger_file.open("a", newline="") as handle:
-            csv.writer(handle).writerows(rows)
+        _replace(self.ledger_file, self.ledger_file.read_text() + _csv_text(rows))
 
     def read_rounds(self) -> list[dict[str, Any]]:
-        lines = self.rounds_file.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        rows = []
+        for number, line in enumerate(self.rounds_file.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise ConfigError(f"{self.rounds_file}: line {number} is damaged") from None
+        return rows
 
     def read_ledger(self) -> np.ndarray:
         """The ledger as an int64 array of rows (client, round, index, label)."""
@@ -156,7 +209,7 @@ class RunDirectory:
         return np.asarray(rows, dtype=np.int64).reshape(-1, 4)
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
-        self.summary_file.write_text(json.dumps(summary, indent=2))
+        _replace(self.summary_file, json.dumps(summary, indent=2))
 
     def read_summary(self) -> dict[str, Any]:
         if not self.summary_file.is_file():
@@ -168,3 +221,20 @@ class RunDirectory:
         target = self.upload_file(server_round, client)
         target.parent.mkdir(parents=True, exist_ok=True)
         np.savez(target, allow_pickle=False, **arrays)
+
+
+def _csv_text(rows: Iterable[Iterable[Any]]) -> str:
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer).writerows(rows)
+    return buffer.getvalue()
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file in the same folder, rename)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with temporary.open("w", newline="") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)

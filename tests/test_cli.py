@@ -4,6 +4,7 @@ tested with the simulation)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from engine_support import client_report
 
 from fedal.checkpoint import ServerCheckpoint, save_server_checkpoint
 from fedal.cli import main
-from fedal.config import load_config
+from fedal.config import ConfigError, load_config
 from fedal.results import RunRecorder
 from fedal.rundir import RunDirectory
 
@@ -161,3 +162,42 @@ def test_a_shortcut_and_set_on_the_same_field_are_refused(
 ) -> None:
     assert main(["partition", DEMO, *arguments]) == 2
     assert "give one of them" in _one_error_line(capsys)
+
+
+def test_a_run_directory_holds_one_run_of_one_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = RunDirectory(tmp_path / "run")
+    RunRecorder.start(run, load_config(None, ["federation.rounds=2"]))
+    assert main(["run", DEMO, "--run-dir", str(run.path)]) == 2
+    assert f"{run.path} already holds a run; continue it with `fedal resume" in _one_error_line(
+        capsys
+    )
+
+    save_server_checkpoint(run, ServerCheckpoint(1, 0, {}, []))
+    with run.lock():
+        assert main(["resume", str(run.path), "--rounds", "3"]) == 2
+        line = _one_error_line(capsys)
+        assert "is in use by another fedal process" in line and str(os.getpid()) in line
+        with pytest.raises(ConfigError, match="in use"), run.lock():
+            pass
+
+
+def test_resume_refuses_results_shorter_than_the_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = RunDirectory(tmp_path / "run")
+    recorder = RunRecorder.start(run, load_config(None, ["federation.rounds=2"]))
+    recorder.record_round(0, 0.1, 2.0, [], 0.0)
+    recorder.record_round(1, 0.5, 1.0, [client_report(0, 5, 8, [(0, 3, 1)] * 3)], 1.0)
+    save_server_checkpoint(run, ServerCheckpoint(2, 3, {}, []))
+    assert main(["resume", str(run.path), "--rounds", "3"]) == 2
+    assert "lacks round(s) [2] of the checkpoint (after round 2)" in _one_error_line(capsys)
+
+    save_server_checkpoint(run, ServerCheckpoint(1, 5, {}, []))
+    assert main(["resume", str(run.path), "--rounds", "3"]) == 2
+    assert "holds 3 rows, the checkpoint counts 5" in _one_error_line(capsys)
+
+    run.rounds_file.write_text(run.rounds_file.read_text()[:-20])
+    assert main(["resume", str(run.path), "--rounds", "3"]) == 2
+    assert "line 2 is damaged" in _one_error_line(capsys)

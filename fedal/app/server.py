@@ -32,7 +32,7 @@ from fedal.models import build_for_dataset
 from fedal.plots import plot_runs
 from fedal.reports import ClientReport, round_totals
 from fedal.results import RunRecorder
-from fedal.resume import check_resume
+from fedal.resume import check_results, check_resume
 from fedal.rundir import RunDirectory
 from fedal.shards import (
     SUBSET_STREAM,
@@ -198,10 +198,19 @@ def serve(grid: Grid, config: ExperimentConfig) -> dict[str, Any]:
     (:func:`fedal.resume.check_resume`) accepted the config.
     """
     run = RunDirectory(Path(config.experiment.run_dir))
+    with run.lock():
+        return _serve_locked(grid, config, run)
+
+
+def _serve_locked(grid: Grid, config: ExperimentConfig, run: RunDirectory) -> dict[str, Any]:
+    """:func:`serve` while this process holds the run directory."""
     resumed = None
     if config.experiment.resume:
         check_resume(run.read_config(), config)
         resumed = load_server_checkpoint(run)
+        check_results(run, resumed.round, resumed.ledger_rows)
+    else:
+        run.refuse_if_taken()
     start = resumed.round if resumed else 0
     if start >= config.federation.rounds:
         raise ValueError(
