@@ -16,6 +16,7 @@ checkpoint. Arrays are stored as ``<section>/<name>`` entries of one ``.npz``.
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from fedal.rundir import RunDirectory
+from fedal.schema import ConfigError
 
 KEPT_PER_CLIENT = 2
 ROUND_KEY = "meta/round"
@@ -105,13 +107,22 @@ def _unflatten(entries: Mapping[str, np.ndarray]) -> Sections:
 
 
 def _read(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as archive:
-        return {key: archive[key] for key in archive.files}
+    """A checkpoint's arrays; a damaged file is a one-line ConfigError."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except (ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ConfigError(
+            f"{path}: damaged checkpoint ({error}); the run cannot be resumed from it"
+        ) from None
 
 
 def _write_atomically(path: Path, entries: Mapping[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with temporary.open("wb") as handle:
-        np.savez(handle, allow_pickle=False, **entries)
-    os.replace(temporary, path)
+    try:
+        with temporary.open("wb") as handle:
+            np.savez(handle, allow_pickle=False, **entries)
+        os.replace(temporary, path)
+    finally:  # a full disk leaves no temporary file behind
+        temporary.unlink(missing_ok=True)

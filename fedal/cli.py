@@ -305,6 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DatasetNotFoundError) as error:
         print(f"fedal: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a full disk, a permission: the OS's words, no traceback
+        print(f"fedal: error: {error}", file=sys.stderr)
+        return 1
     if args.command == "run":
         print(f"done in {time.perf_counter() - started:.0f}s")
     return status

@@ -61,7 +61,7 @@ class DataSection(Schema):
     quantity_sigma: float = Field(1.0, gt=0)
     num_clients: int = Field(10, ge=1)
     protected_fraction: float = Field(0.9, ge=0, lt=1)
-    initial_labels_per_client: int = Field(20, ge=0)
+    initial_labels_per_client: int = Field(20, ge=1)  # FedAvg weights need labels
     train_subset: int = Field(0, ge=0, description="0 (all) or a positive count")
     test_subset: int = Field(0, ge=0, description="0 (all) or a positive count")
     corruption: Corruption = "none"
@@ -227,7 +227,10 @@ def load_config(
         if not config_path.is_file():
             raise ConfigError(f"config file {str(config_path)!r} does not exist")
         with config_path.open("rb") as handle:
-            raw = tomllib.load(handle)
+            try:
+                raw = tomllib.load(handle)
+            except tomllib.TOMLDecodeError as error:
+                raise ConfigError(f"{config_path}: not valid TOML ({error})") from None
     query = raw.setdefault("query", {})
     if strategy is not None and strategy != query.get("strategy"):
         query["strategy"] = strategy

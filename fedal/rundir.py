@@ -55,7 +55,13 @@ class RunDirectory:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         name = f"{config.experiment.name}-{config.query.strategy}-s{config.experiment.seed}"
         path = Path(config.experiment.output_dir).resolve() / f"{name}-{stamp}"
-        path.mkdir(parents=True, exist_ok=False)
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+        except OSError as error:
+            raise ConfigError(
+                f"experiment.output_dir: cannot create {path} ({error.strerror}); "
+                "choose a writable directory"
+            ) from None
         return cls(path)
 
     @classmethod

@@ -42,6 +42,7 @@ class BALD(QueryStrategy):
     """
 
     name = "bald"
+    needs_dropout = True
 
     class Options(Schema):
         """``samples``: MC-dropout forward passes T."""

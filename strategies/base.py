@@ -66,6 +66,7 @@ class QueryStrategy(ABC):
     name: ClassVar[str]
     Options: ClassVar[type[Schema]] = NoOptions
     needs_labelled: ClassVar[bool] = False
+    needs_dropout: ClassVar[bool] = False  # Monte-Carlo dropout: model.dropout must be > 0
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options = self.parse_options(options or {})

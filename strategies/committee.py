@@ -62,6 +62,7 @@ class _Committee(QueryStrategy):
 
     Options = CommitteeOptions
     options: CommitteeOptions
+    needs_dropout = True
     disagreement: ClassVar[staticmethod[[torch.Tensor], torch.Tensor]]
 
     def select(self, ctx: RoundContext, budget: int) -> np.ndarray:

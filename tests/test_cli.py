@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
+import torch
 from engine_support import client_report
 
 from fedal.checkpoint import ServerCheckpoint, save_server_checkpoint
@@ -201,3 +203,68 @@ def test_resume_refuses_results_shorter_than_the_checkpoint(
     run.rounds_file.write_text(run.rounds_file.read_text()[:-20])
     assert main(["resume", str(run.path), "--rounds", "3"]) == 2
     assert "line 2 is damaged" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            ["--set", "data.initial_labels_per_client=0"],
+            "data.initial_labels_per_client: 0 is not allowed; allowed: an integer >= 1",
+        ),
+        (
+            ["--strategy", "bald"],
+            "model.dropout: 0.0 is not allowed with query.strategy 'bald'",
+        ),
+        (
+            ["--set", 'data.dataset="moons"'],
+            "model.helper: 'cnn' does not take moons's inputs; allowed: mlp",
+        ),
+        (
+            ["--set", 'data.corruption="noisy-class"', "--set", "data.corruption_class=12"],
+            "data.corruption_class: 12 is not a class of fashion-mnist; allowed: 0 <= value < 10",
+        ),
+        (
+            ["--set", 'experiment.output_dir="/proc/fedal-cannot-write-here"'],
+            "experiment.output_dir: cannot create /proc/fedal-cannot-write-here/",
+        ),
+        (
+            ["--client-cpus", "1000"],
+            "federation.client_cpus: 1000 is more than the",
+        ),
+    ],
+)
+def test_input_errors_stop_before_ray_with_one_line(
+    arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    started = time.perf_counter()
+    assert main(["run", DEMO, *arguments]) == 2
+    assert message in _one_error_line(capsys)
+    assert time.perf_counter() - started < 60  # no federation ran
+
+
+def test_a_run_without_a_gpu_refuses_gpu_clients(capsys: pytest.CaptureFixture[str]) -> None:
+    gpus = torch.cuda.device_count()
+    assert main(["run", DEMO, "--client-gpus", "0.5" if gpus == 0 else "1.5"]) == 2
+    line = _one_error_line(capsys)
+    assert "federation.client_gpus" in line and (
+        "GPU(s) of this machine" in line if gpus == 0 else "allowed" in line
+    )
+
+
+def test_a_broken_toml_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[training]\nlr = = 0.1\n")
+    assert main(["run", str(broken)]) == 2
+    assert f"{broken}: not valid TOML" in _one_error_line(capsys)
+
+
+def test_a_damaged_checkpoint_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = RunDirectory(tmp_path / "run")
+    RunRecorder.start(run, load_config(None, ["federation.rounds=2"]))
+    run.checkpoint_dir.mkdir()
+    run.server_checkpoint_file.write_bytes(b"PK\x03\x04 half a zip file")
+    assert main(["resume", str(run.path), "--rounds", "3"]) == 2
+    assert "damaged checkpoint" in _one_error_line(capsys)

@@ -13,8 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from fedal.config import ConfigError, ExperimentConfig
+from fedal.datasets import load_dataset
 from fedal.shards import load_experiment, partition_summary
-from fedal.validation import check_against_partition
+from fedal.validation import check_against_dataset, check_against_partition
 
 
 def check_strategy(config: ExperimentConfig) -> None:
@@ -22,9 +23,14 @@ def check_strategy(config: ExperimentConfig) -> None:
     from strategies import build_strategy
 
     try:
-        build_strategy(config.query.strategy, config.query.options)
+        strategy = build_strategy(config.query.strategy, config.query.options)
     except (TypeError, ValueError) as error:
         raise ConfigError(str(error)) from None
+    if strategy.needs_dropout and config.model.dropout == 0:
+        raise ConfigError(
+            f"model.dropout: 0.0 is not allowed with query.strategy {strategy.name!r} "
+            "(Monte-Carlo dropout needs dropout in the model); allowed: 0 < value < 1, e.g. 0.3"
+        )
 
 
 def checked_config(config: ExperimentConfig) -> ExperimentConfig:
@@ -35,8 +41,13 @@ def checked_config(config: ExperimentConfig) -> ExperimentConfig:
 
 
 def preflight(config: ExperimentConfig) -> dict[str, Any]:
-    """Validate strategy and partition against the data; return the partition summary."""
+    """Validate strategy, model and partition against the data; return the partition
+    summary."""
     check_strategy(config)
+    data = config.data
+    check_against_dataset(
+        config, load_dataset(data.dataset, data.data_dir or None, config.experiment.seed)
+    )
     experiment = load_experiment(config)
     check_against_partition(config, experiment.shards)
     return partition_summary(config, experiment)

@@ -17,7 +17,7 @@ from flwr.app import Context, RecordDict
 from flwr.simulation.run_simulation import _run_simulation
 from flwr.supercore.telemetry import EventType
 
-from fedal.config import ExperimentConfig, flatten
+from fedal.config import ConfigError, ExperimentConfig, flatten
 
 
 def backend_config(
@@ -49,6 +49,37 @@ def quiet_logging(verbose: bool) -> None:
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 
+def check_resources(config: ExperimentConfig, ray_address: str | None) -> None:
+    """Each simulated client must fit on what Ray offers; Ray would otherwise never place
+    it and Flower would wait for its reply forever. One line says what is available."""
+    fed = config.federation
+    if ray_address:
+        import ray
+
+        ray.init(address=ray_address, logging_level=logging.ERROR, log_to_driver=False)
+        try:
+            offered = ray.cluster_resources()
+        finally:
+            ray.shutdown()
+        cpus, gpus = float(offered.get("CPU", 0.0)), float(offered.get("GPU", 0.0))
+        where = f"the Ray cluster at {ray_address}"
+    else:
+        import torch
+
+        cpus, gpus = float(len(os.sched_getaffinity(0))), float(torch.cuda.device_count())
+        where = "this machine"
+    if fed.client_cpus > cpus:
+        raise ConfigError(
+            f"federation.client_cpus: {fed.client_cpus:g} is more than the {cpus:g} CPU(s) of "
+            f"{where}; allowed: 0 < value <= {cpus:g}"
+        )
+    if fed.client_gpus > gpus:
+        raise ConfigError(
+            f"federation.client_gpus: {fed.client_gpus:g} is more than the {gpus:g} GPU(s) of "
+            f"{where}; allowed: 0 <= value <= {min(gpus, 1.0):g}"
+        )
+
+
 def simulate(
     config: ExperimentConfig,
     *,
@@ -60,6 +91,7 @@ def simulate(
     from clients.app import app as client_app
     from fedal.app.server import app as server_app
 
+    check_resources(config, ray_address)
     quiet_logging(verbose)
     run_config = flatten(config)
     context = Context(
