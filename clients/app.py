@@ -102,9 +102,8 @@ def train(msg: Message, context: Context) -> Message:
         msg.content.array_records["arrays"].to_torch_state_dict(),
         server_round,
         default_device(),
-        ledger_from=book.ledger_reported,
+        ledger_from=task.ledger_known[client],
     )
-    book.ledger_reported = len(pool.ledger)
     save_pool(context.state, pool)
     save_strategy_state(context.state, strategy.state_dict())
     save_book(context.state, book)

@@ -31,6 +31,7 @@ CLIENT_ID_QUERY = f"{MessageType.QUERY}.{CLIENT_ID_ACTION}"
 _ROUND_KEY = "fedal-round"
 _CONFIG_KEY = "fedal-config"
 _RESUMED_KEY = "fedal-resumed-after"
+_LEDGER_KEY = "fedal-ledger-known"
 
 
 def record_int(record: ConfigRecord, key: str) -> int:
@@ -39,6 +40,13 @@ def record_int(record: ConfigRecord, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"record field {key!r}: expected an integer, got {value!r}")
     return value
+
+
+def _int_list(record: ConfigRecord, key: str) -> list[int]:
+    value = record[key]
+    if not isinstance(value, list) or not all(isinstance(item, int) for item in value):
+        raise TypeError(f"record field {key!r}: expected a list of integers, got {value!r}")
+    return [int(item) for item in value]
 
 
 @dataclass(frozen=True)
@@ -75,17 +83,25 @@ class RoundTask:
 
     ``resumed_after``: in a resumed run, the last round of the checkpoint it continues
     (a client restores its state from that round, never from a later file of the
-    interrupted run); ``None`` otherwise.
+    interrupted run); ``None`` otherwise. ``ledger_known[k]``: how many of client k's
+    ledger entries the run has recorded; a client reports every entry after those, so
+    the labels of a round whose reply was lost (a failure, a timeout) reach the ledger
+    with its next reply.
     """
 
     server_round: int
     config: ExperimentConfig
     resumed_after: int | None = None
+    ledger_known: tuple[int, ...] = ()
 
     def to_config_record(self) -> ConfigRecord:
         """The train config record the Flower strategy sends with the global arrays."""
         record = ConfigRecord(
-            {_ROUND_KEY: self.server_round, _CONFIG_KEY: self.config.model_dump_json()}
+            {
+                _ROUND_KEY: self.server_round,
+                _CONFIG_KEY: self.config.model_dump_json(),
+                _LEDGER_KEY: list(self.ledger_known),
+            }
         )
         if self.resumed_after is not None:
             record[_RESUMED_KEY] = self.resumed_after
@@ -98,6 +114,7 @@ class RoundTask:
             server_round=record_int(record, _ROUND_KEY),
             config=_parse_config(str(record[_CONFIG_KEY])),
             resumed_after=record_int(record, _RESUMED_KEY) if _RESUMED_KEY in record else None,
+            ledger_known=tuple(int(count) for count in _int_list(record, _LEDGER_KEY)),
         )
 
 

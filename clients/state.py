@@ -25,11 +25,10 @@ BOOK_KEY = "fedal.book"
 
 @dataclass
 class Book:
-    """Bookkeeping counters: ledger entries already reported, and heteroskedastic
-    examples appended to the training set (so later rounds rebuild the same dataset
-    without re-partitioning)."""
+    """Bookkeeping: heteroskedastic examples appended to the training set (so later
+    rounds rebuild the same dataset without re-partitioning). Which ledger entries the
+    run has recorded is the server's to say (:class:`clients.protocol.RoundTask`)."""
 
-    ledger_reported: int = 0
     total_noisy: int = 0
 
 

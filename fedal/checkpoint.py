@@ -3,7 +3,9 @@
 In the run directory's ``checkpoints/`` (file names: :class:`fedal.rundir.RunDirectory`):
 
 - ``server.npz``: the global task-model arrays after the last recorded round, that round,
-  and how many ledger rows the run directory held then. Rewritten after every round.
+  how many ledger rows the run directory held then, and the server optimizer's state
+  (FedAvgM's momentum, FedAdam / FedYogi / FedAdagrad's moments). Rewritten after every
+  round.
 - ``client-<k>-round-<r>.npz``: client ``k``'s state after it trained in round ``r``
   (pool, strategy state, bookkeeping), as named sections of arrays. The two newest per
   client are kept: the server records round ``r - 1`` before any client trains in round
@@ -18,7 +20,7 @@ from __future__ import annotations
 import os
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,7 @@ ROUND_KEY = "meta/round"
 LEDGER_ROWS_KEY = "meta/ledger_rows"
 MODEL_SECTION = "model"
 MOMENTUM_SECTION = "momentum"
+OPTIMIZER_PREFIX = "optimizer."  # sections optimizer.<moment>, e.g. optimizer.m_t
 
 Sections = dict[str, dict[str, np.ndarray]]
 
@@ -43,12 +46,17 @@ class ServerCheckpoint:
     ledger_rows: int
     arrays: dict[str, np.ndarray]
     momentum: list[np.ndarray]  # FedAvgM's server momentum (empty otherwise)
+    # FedOpt's moment estimates by name (m_t, v_t), each by array name (empty otherwise)
+    optimizer: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 def save_server_checkpoint(run: RunDirectory, checkpoint: ServerCheckpoint) -> None:
     """Replace ``server.npz`` with ``checkpoint``."""
     momentum = {str(position): array for position, array in enumerate(checkpoint.momentum)}
-    entries = _flatten({MODEL_SECTION: checkpoint.arrays, MOMENTUM_SECTION: momentum})
+    optimizer = {
+        f"{OPTIMIZER_PREFIX}{name}": arrays for name, arrays in checkpoint.optimizer.items()
+    }
+    entries = _flatten({MODEL_SECTION: checkpoint.arrays, MOMENTUM_SECTION: momentum, **optimizer})
     entries[ROUND_KEY] = np.asarray(checkpoint.round)
     entries[LEDGER_ROWS_KEY] = np.asarray(checkpoint.ledger_rows)
     _write_atomically(run.server_checkpoint_file, entries)
@@ -71,6 +79,11 @@ def load_server_checkpoint(run: RunDirectory) -> ServerCheckpoint:
         ledger_rows=ledger_rows,
         arrays=sections.get(MODEL_SECTION, {}),
         momentum=[momentum[str(position)] for position in range(len(momentum))],
+        optimizer={
+            section.removeprefix(OPTIMIZER_PREFIX): arrays
+            for section, arrays in sections.items()
+            if section.startswith(OPTIMIZER_PREFIX)
+        },
     )
 
 

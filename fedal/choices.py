@@ -13,11 +13,13 @@ DatasetName = Literal[
     "fashion-mnist", "mnist", "cifar10", "cifar100", "svhn", "moons", "four-moons"
 ]
 ModelName = Literal["cnn", "mlp", "resnet8", "resnet14", "resnet18"]
-PartitionScheme = Literal["iid", "dirichlet", "pathological", "quantity"]
+PartitionScheme = Literal[
+    "iid", "dirichlet", "balanced-dirichlet", "pathological", "shards", "quantity"
+]
 Corruption = Literal["none", "noisy-blank", "noisy-diverse", "noisy-class"]
 NoiseModel = Literal["none", "uniform", "structured"]
 Optimizer = Literal["sgd", "adam"]
 Schedule = Literal["constant", "cosine"]
 ScoringModel = Literal["helper", "global"]
 PrivateData = Literal["candidates", "all"]
-Aggregation = Literal["fedavg", "fedprox", "fedavgm"]
+Aggregation = Literal["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"]

@@ -146,7 +146,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_partition(args: argparse.Namespace) -> int:
-    """Print the partition summary table and optionally save it as JSON."""
+    """Print the partition summary table; optionally save it as JSON and plot each
+    client's label distribution (flwr-datasets' plot helper)."""
     from fedal.app.preflight import preflight, render_partition
 
     config = _config_from_args(args)
@@ -154,6 +155,17 @@ def cmd_partition(args: argparse.Namespace) -> int:
     render_partition(summary)
     if args.output:
         Path(args.output).write_text(json.dumps(summary, indent=2))
+    if args.plot:
+        from fedal.datasets import load_dataset
+        from fedal.partition import plot_label_distribution
+        from fedal.shards import training_indices
+
+        data, seed = config.data, config.experiment.seed
+        dataset = load_dataset(data.dataset, data.data_dir or None, seed)
+        labels = dataset.train_y[training_indices(config, dataset)]
+        title = f"{data.dataset} | {data.partition} | {data.num_clients} clients | seed {seed}"
+        names = dataset.meta.class_names
+        print(plot_label_distribution(labels, data, seed, Path(args.plot), title, names))
     return 0
 
 
@@ -256,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     partition = commands.add_parser("partition", help="show how data splits across clients")
     _add_config_arguments(partition)
     partition.add_argument("-o", "--output", help="save the summary as JSON")
+    partition.add_argument("--plot", metavar="FILE", help="save each client's label counts (PNG)")
     partition.set_defaults(handler=cmd_partition)
 
     plot = commands.add_parser("plot", help="overlay runs (mean/std over seeds)")

@@ -58,6 +58,7 @@ class DataSection(Schema):
     partition: PartitionScheme = "iid"
     alpha: float = Field(0.5, gt=0)
     classes_per_client: int = Field(2, ge=1)
+    shards_per_client: int = Field(2, ge=1)
     quantity_sigma: float = Field(1.0, gt=0)
     num_clients: int = Field(10, ge=1)
     protected_fraction: float = Field(0.9, ge=0, lt=1)
@@ -138,8 +139,17 @@ class FederationSection(Schema):
     proximal_mu: float = 0.01
     server_lr: float = 1.0
     server_momentum: float = 0.9
+    # server learning rate of fedadam / fedyogi / fedadagrad (Reddi et al.: 0.01 for Adam
+    # and Yogi on CIFAR-10; an Adam step moves every weight by about eta)
+    eta: float = Field(0.01, gt=0)
+    beta_1: float = Field(0.9, ge=0, lt=1)
+    beta_2: float = Field(0.99, ge=0, lt=1)
+    tau: float = Field(1e-3, gt=0)
     client_cpus: float = Field(1.0, gt=0)
     client_gpus: float = Field(0.0, ge=0, le=1)
+    round_timeout: float = Field(3600.0, gt=0, description="seconds to wait for replies")
+    connect_timeout: float = Field(600.0, gt=0, description="seconds to wait for all clients")
+    min_train_clients: int = Field(1, ge=1, description="fewest replies a round may use")
 
 
 class ExperimentConfig(Schema):

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,14 @@ def labels_to_reach(
     return None
 
 
+@dataclass(frozen=True)
+class DroppedClient:
+    """A client drawn for a round whose reply the round went without."""
+
+    client: int
+    reason: str
+
+
 class RunRecorder:
     """Writes the results files of one run directory as rounds complete."""
 
@@ -50,6 +59,7 @@ class RunRecorder:
         self.selected = 0
         self.selected_noisy = 0
         self.ledger_rows = 0
+        self.ledger_by_client: dict[int, int] = {}
         self.trained_by_client: dict[int, int] = {}
         self.requested_by_client: dict[int, int] = {}
 
@@ -74,6 +84,8 @@ class RunRecorder:
         run.start_results(rows, ledger)
         recorder = cls(run, config)
         recorder.ledger_rows = len(ledger)
+        clients, counts = np.unique(ledger[:, 0], return_counts=True)
+        recorder.ledger_by_client = dict(zip(clients.tolist(), counts.tolist(), strict=True))
         for row in rows:
             recorder._count([ClientReport.from_metrics(client) for client in row["clients"]])
             recorder.rows.append(row)
@@ -87,6 +99,10 @@ class RunRecorder:
             self.trained_by_client[report.client] = report.num_examples
             self.requested_by_client[report.client] = report.labels_used
 
+    def ledger_known(self, num_clients: int) -> tuple[int, ...]:
+        """How many ledger entries of each client the run has recorded."""
+        return tuple(self.ledger_by_client.get(client, 0) for client in range(num_clients))
+
     def record_round(
         self,
         server_round: int,
@@ -94,8 +110,10 @@ class RunRecorder:
         loss: float,
         reports: Sequence[ClientReport],
         elapsed: float,
+        dropped: Sequence[DroppedClient] = (),
     ) -> dict[str, Any]:
-        """Append one round: test metrics, per-client reports, ledger entries."""
+        """Append one round: test metrics, per-client reports, the clients whose reply
+        the round went without (and why), ledger entries."""
         reports = sorted(reports, key=lambda report: report.client)
         self._count(reports)
         row = {
@@ -108,12 +126,16 @@ class RunRecorder:
             "test_loss": loss,
             "elapsed_seconds": elapsed,
             "clients": [report.to_metrics(with_ledger=False) for report in reports],
+            "dropped": [asdict(client) for client in dropped],
         }
         self.rows.append(row)
         self.run.append_round(row)
         ledger = [(report.client, *entry) for report in reports for entry in report.ledger]
         self.run.append_ledger(ledger)
         self.ledger_rows += len(ledger)
+        for report in reports:
+            known = self.ledger_by_client.get(report.client, 0)
+            self.ledger_by_client[report.client] = known + len(report.ledger)
         return row
 
     def summary(self) -> dict[str, Any]:

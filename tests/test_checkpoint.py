@@ -32,6 +32,31 @@ def test_server_checkpoint_round_trips_model_momentum_and_counts(tmp_path: Path)
     assert [p.name for p in RunDirectory(tmp_path).checkpoint_dir.iterdir()] == ["server.npz"]
 
 
+def test_server_checkpoint_round_trips_the_adaptive_optimizer_moments(tmp_path: Path) -> None:
+    arrays = {"conv.weight": np.zeros((2, 3), dtype=np.float32)}
+    moments = {
+        "m_t": {"conv.weight": np.full((2, 3), 0.5), "bn.n": np.array(0.25)},
+        "v_t": {"conv.weight": np.full((2, 3), 2.0), "bn.n": np.array(4.0)},
+    }
+    checkpoint = ServerCheckpoint(3, 7, arrays, [], optimizer=moments)
+    save_server_checkpoint(RunDirectory(tmp_path), checkpoint)
+
+    loaded = load_server_checkpoint(RunDirectory(tmp_path))
+    assert loaded.momentum == []
+    assert loaded.optimizer.keys() == {"m_t", "v_t"}
+    for moment, values in moments.items():
+        assert loaded.optimizer[moment].keys() == values.keys()
+        for name, value in values.items():
+            assert np.array_equal(loaded.optimizer[moment][name], value)
+            assert loaded.optimizer[moment][name].dtype == value.dtype
+    assert loaded.arrays.keys() == arrays.keys()
+
+
+def test_server_checkpoint_without_optimizer_state_loads_none(tmp_path: Path) -> None:
+    save_server_checkpoint(RunDirectory(tmp_path), ServerCheckpoint(1, 0, {}, []))
+    assert load_server_checkpoint(RunDirectory(tmp_path)).optimizer == {}
+
+
 def test_missing_server_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
         load_server_checkpoint(RunDirectory(tmp_path))

@@ -268,3 +268,26 @@ def test_a_damaged_checkpoint_is_one_line(
     run.server_checkpoint_file.write_bytes(b"PK\x03\x04 half a zip file")
     assert main(["resume", str(run.path), "--rounds", "3"]) == 2
     assert "damaged checkpoint" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("scheme", ["balanced-dirichlet", "shards"])
+def test_partition_plot_writes_a_png(
+    scheme: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import matplotlib.image
+
+    plot = tmp_path / "labels.png"
+    args = [
+        "partition",
+        DEMO,
+        "--set",
+        "data.train_subset=2000",
+        "--set",
+        f"data.partition={scheme}",
+    ]
+    assert main([*args, "--plot", str(plot)]) == 0
+    assert f"fashion-mnist | {scheme}" in capsys.readouterr().out
+    assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    pixels = matplotlib.image.imread(plot)
+    assert pixels.ndim == 3 and pixels.shape[0] > 200 and pixels.shape[1] > 300
+    assert pixels.std() > 0.05  # bars, not a blank canvas

@@ -17,6 +17,7 @@ from flower_processes import (
     stop,
     wait_for_port,
 )
+from flower_security import write_node_key, write_tls_files
 
 from fedal.config import flatten, from_flat, load_config
 from fedal.rundir import RunDirectory
@@ -110,14 +111,24 @@ def test_flwr_run_simulation_and_resume(tmp_path: Path, small_data: Path) -> Non
     assert len(RunDirectory(run_dir).read_ledger()) == 2 * (6 + 3 * 4)
 
 
-def test_loopback_deployment(tmp_path: Path, small_data: Path) -> None:
-    home, output = tmp_path / "flwr-home", tmp_path / "runs"
+def loopback_run(
+    tmp_path: Path,
+    data: Path,
+    clients: int,
+    started_nodes: int,
+    extra: str = "",
+    tls: bool = False,
+    auth: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """`flwr run` against a loopback SuperLink with ``started_nodes`` of ``clients``
+    SuperNodes, optionally over TLS (a CA made by the test) and with SuperNode
+    authentication (each node's key registered with `flwr supernode register`); every
+    process is stopped by PID afterwards."""
+    home = tmp_path / "flwr-home"
     home.mkdir()
     port = free_port()
-    clients = 2
     link = [
         str(BIN / "flower-superlink"),
-        "--insecure",
         "--host",
         "127.0.0.1",
         "--port",
@@ -126,10 +137,28 @@ def test_loopback_deployment(tmp_path: Path, small_data: Path) -> None:
         str(tmp_path / "state.db"),
         "--disable-runtime-dependency-installation",
     ]
+    node_security = [["--insecure"] for _ in range(started_nodes)]
+    connection = "insecure = true"
+    if tls:
+        files = write_tls_files(tmp_path / "tls")
+        link += ["--ssl-ca-certfile", str(files.ca_certificate)]
+        link += ["--ssl-certfile", str(files.server_certificate)]
+        link += ["--ssl-keyfile", str(files.server_key)]
+        node_security = [
+            ["--root-certificates", str(files.ca_certificate)] for _ in range(started_nodes)
+        ]
+        connection = f'root-certificates = "{files.ca_certificate}"'
+    else:
+        link.append("--insecure")
+    keys = [write_node_key(tmp_path / "keys", f"node-{k}") for k in range(started_nodes)]
+    if auth:
+        link.append("--enable-supernode-auth")
+        for k, (private, _) in enumerate(keys):
+            node_security[k] += ["--auth-supernode-private-key", str(private)]
     nodes = [
         [
             str(BIN / "flower-supernode"),
-            "--insecure",
+            *node_security[k],
             "--superlink",
             f"127.0.0.1:{port}",
             "--port",
@@ -137,31 +166,51 @@ def test_loopback_deployment(tmp_path: Path, small_data: Path) -> None:
             "--node-config",
             f"partition-id={k} num-partitions={clients}",
         ]
-        for k in range(clients)
+        for k in range(started_nodes)
     ]
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\n'
-        f'address = "127.0.0.1:{port}"\ninsecure = true\n'
+        f'address = "127.0.0.1:{port}"\n{connection}\n'
     )
+    run_config = f"{run_overrides(data, tmp_path / 'runs', clients)} {extra}"
     with started([(link, flower_env(home))], tmp_path / "logs-link"):
         wait_for_port(port)
-        node_envs = [flower_env(tmp_path / f"node-home-{k}") for k in range(clients)]
+        if auth:
+            for _, public in keys:
+                register = [str(BIN / "flwr"), "supernode", "register", str(public), "loopback"]
+                registered = subprocess.run(
+                    register, env=flower_env(home), capture_output=True, text=True, timeout=60
+                )
+                assert registered.returncode == 0, registered.stdout + registered.stderr
+        node_envs = [flower_env(tmp_path / f"node-home-{k}") for k in range(started_nodes)]
         with started(list(zip(nodes, node_envs, strict=True)), tmp_path / "logs-nodes"):
-            result = subprocess.run(
-                [
-                    str(BIN / "flwr"),
-                    "run",
-                    ".",
-                    "loopback",
-                    "--stream",
-                    "--run-config",
-                    run_overrides(small_data, output, clients),
-                ],
+            command = [str(BIN / "flwr"), "run", ".", "loopback", "--stream"]
+            return subprocess.run(
+                [*command, "--run-config", run_config],
                 cwd=REPO,
                 env=flower_env(home),
                 capture_output=True,
                 text=True,
                 timeout=400,
             )
+
+
+@pytest.mark.parametrize(
+    ("tls", "auth"), [(False, False), (True, False), (True, True)], ids=["plain", "tls", "tls+auth"]
+)
+def test_loopback_deployment(tmp_path: Path, small_data: Path, tls: bool, auth: bool) -> None:
+    result = loopback_run(tmp_path, small_data, clients=2, started_nodes=2, tls=tls, auth=auth)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    check_results(only_run_dir(output), clients)
+    check_results(only_run_dir(tmp_path / "runs"), clients=2)
+
+
+def test_a_supernode_that_never_connects_fails_the_run_with_one_line(
+    tmp_path: Path, small_data: Path
+) -> None:
+    result = loopback_run(
+        tmp_path, small_data, clients=2, started_nodes=1, extra="federation.connect_timeout=5"
+    )
+    output = result.stdout + result.stderr
+    assert "only 1 of data.num_clients=2 clients connected within" in output, output[-3000:]
+    assert "federation.connect_timeout=5 s" in output
+    assert not list((tmp_path / "runs").glob("*/rounds.jsonl"))  # no round ran

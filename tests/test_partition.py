@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedal.config import ConfigError, DataSection
-from fedal.partition import cached_partition, partition_indices
+from fedal.config import ConfigError, DataSection, from_dict
+from fedal.partition import cached_partition, partition_indices, split_partitioner
 
 NUM_CLASSES = 10
 LABELS = np.random.default_rng(42).integers(0, NUM_CLASSES, size=2000).astype(np.int64)
@@ -15,7 +15,9 @@ LABELS = np.random.default_rng(42).integers(0, NUM_CLASSES, size=2000).astype(np
 SCHEMES = {
     "iid": DataSection(partition="iid"),
     "dirichlet": DataSection(partition="dirichlet", alpha=0.5),
+    "balanced-dirichlet": DataSection(partition="balanced-dirichlet", alpha=0.5),
     "pathological": DataSection(partition="pathological", classes_per_client=2),
+    "shards": DataSection(partition="shards", shards_per_client=2),
     "quantity": DataSection(partition="quantity", quantity_sigma=1.0),
 }
 
@@ -126,6 +128,10 @@ def test_more_clients_than_samples() -> None:
             "data.classes_per_client=11",
         ),
         (DataSection(partition="dirichlet", num_clients=200, alpha=0.05), "data.alpha=0.05"),
+        (
+            DataSection(partition="shards", num_clients=10, shards_per_client=201),
+            "data.shards_per_client=201",
+        ),
     ],
 )
 @pytest.mark.filterwarnings("ignore::UserWarning")  # flwr-datasets warns on each retry
@@ -136,3 +142,84 @@ def test_unsatisfiable_settings_are_config_errors(data: DataSection, named: str)
     assert "\n" not in message
     assert "data.partition" in message
     assert named in message
+
+
+def _client_histograms(labels: np.ndarray, shards: list[np.ndarray]) -> np.ndarray:
+    return np.stack([np.bincount(labels[shard], minlength=NUM_CLASSES) for shard in shards])
+
+
+def test_balanced_dirichlet_sizes_are_equal() -> None:
+    shards = partition_indices(LABELS, SCHEMES["balanced-dirichlet"], seed=0)
+    assert [len(shard) for shard in shards] == [200] * 10
+    uneven = partition_indices(np.append(LABELS, [1, 2, 3]), SCHEMES["balanced-dirichlet"], 0)
+    assert [len(shard) for shard in uneven] == [201] * 3 + [200] * 7
+
+
+def test_balanced_dirichlet_small_alpha_gives_each_client_its_own_class_mix() -> None:
+    data = DataSection(partition="balanced-dirichlet", alpha=0.1)
+    shards = partition_indices(LABELS, data, seed=0)
+    assert {len(shard) for shard in shards} == {200}
+    histograms = _client_histograms(LABELS, shards)
+    assert _max_class_share(shards) > 0.4
+    assert len({tuple(row) for row in histograms}) == len(shards)
+    top_classes = {int(np.argmax(row)) for row in histograms}
+    assert len(top_classes) >= 5, "clients should not share one dominant class"
+    mixed = _max_class_share(
+        partition_indices(LABELS, DataSection(partition="balanced-dirichlet", alpha=100.0), 0)
+    )
+    assert mixed < 0.2
+
+
+def test_balanced_dirichlet_with_a_class_missing_from_the_subset() -> None:
+    labels = np.where(LABELS == 3, 9, LABELS)  # classes 0..9 without 3
+    shards = partition_indices(labels, SCHEMES["balanced-dirichlet"], seed=0)
+    assert sorted(np.concatenate(shards).tolist()) == list(range(len(labels)))
+
+
+@pytest.mark.parametrize("per_client", [1, 2, 4])
+def test_shards_give_each_client_k_label_contiguous_blocks(per_client: int) -> None:
+    """Every class holds 200 samples, so each of the 10 * k shards (2000 / (10 * k)
+    label-sorted samples) lies within one class: each client holds k whole shards."""
+    labels = np.random.default_rng(0).permutation(np.repeat(np.arange(NUM_CLASSES), 200))
+    data = DataSection(partition="shards", shards_per_client=per_client)
+    shards = partition_indices(labels, data, seed=0)
+    shard_size = len(labels) // (10 * per_client)
+    assert [len(shard) for shard in shards] == [per_client * shard_size] * 10
+    for histogram in _client_histograms(labels, shards):
+        assert np.all(histogram % shard_size == 0), histogram
+        assert 1 <= np.count_nonzero(histogram) <= per_client
+
+
+def test_shards_leave_out_only_the_remainder_after_the_last_whole_shard() -> None:
+    labels = np.append(LABELS, [1, 2, 3])  # 2003 samples
+    data = DataSection(partition="shards", num_clients=3, shards_per_client=2)
+    shards = partition_indices(labels, data, seed=0)
+    assert [len(shard) for shard in shards] == [666] * 3  # 6 shards of 333; 5 left over
+    every = np.concatenate(shards)
+    assert len(np.unique(every)) == len(every) == 1998
+    left_out = np.setdiff1d(np.arange(len(labels)), every)
+    assert set(labels[left_out].tolist()) == {labels.max()}  # the end of the sorted order
+
+
+@pytest.mark.parametrize(
+    ("table", "named"),
+    [
+        ({"partition": "shards", "shards_per_client": 0}, "data.shards_per_client: 0"),
+        ({"partition": "balanced-dirichlet", "alpha": 0}, "data.alpha: 0"),
+        ({"partition": "balanced"}, "balanced-dirichlet"),
+    ],
+)
+def test_bad_split_settings_fail_with_one_line(table: dict[str, object], named: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        from_dict({"data": table})
+    assert "\n" not in str(caught.value)
+    assert named in str(caught.value)
+
+
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+def test_named_classes_split_the_same(scheme: str) -> None:
+    """The plot's partitioner (a ``ClassLabel`` column) splits exactly like the run's."""
+    names = [f"class {label}" for label in range(NUM_CLASSES)]
+    named = split_partitioner(LABELS, SCHEMES[scheme], 0, names)
+    for client, shard in enumerate(partition_indices(LABELS, SCHEMES[scheme], 0)):
+        np.testing.assert_array_equal(np.sort(named.load_partition(client)["index"]), shard)

@@ -102,6 +102,8 @@ STRICT_VARIANTS = {
     "pal": ('query.strategy="pal"', "query.options.epochs=1"),
     "lhd": ('query.strategy="lhd"', "query.options.epochs=1"),
     "ads": ('query.strategy="ads"', "query.options.epochs=1"),
+    "alfa_mix": ('query.strategy="alfa_mix"',),
+    "vaal": ('query.strategy="vaal"', "query.options.epochs=1"),
 }
 
 
@@ -214,3 +216,140 @@ def test_a_resumed_run_equals_the_uninterrupted_run(data_dir: Path, tmp_path: Pa
     assert_same_uploads(straight, interrupted)
     summary = json.loads((interrupted / "summary.json").read_text())
     assert summary == json.loads((straight / "summary.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("aggregation", "strategy_class", "betas"),
+    [
+        ("fedadam", "FedAdam", True),
+        ("fedyogi", "FedYogi", True),
+        ("fedadagrad", "FedAdagrad", False),
+    ],
+)
+def test_adaptive_optimizers_are_flowers_own_with_the_configured_settings(
+    aggregation: str, strategy_class: str, betas: bool, tmp_path: Path
+) -> None:
+    from flwr.serverapp import strategy as flower_strategies
+
+    from fedal.app.server import (
+        RoundReports,
+        aggregation_strategy,
+        optimizer_state,
+        restore_optimizer_state,
+    )
+
+    config = tiny_config(
+        tmp_path,
+        tmp_path,
+        f'federation.aggregation="{aggregation}"',
+        "federation.eta=0.03",
+        "federation.beta_1=0.8",
+        "federation.beta_2=0.9",
+        "federation.tau=0.01",
+    )
+    strategy = aggregation_strategy(config, RoundReports(RunDirectory(tmp_path), False))
+    assert isinstance(strategy, getattr(flower_strategies, strategy_class))
+    assert type(strategy).__name__ == strategy_class
+    assert (strategy.eta, strategy.tau, strategy.eta_l) == (0.03, 0.01, config.training.lr)
+    assert (strategy.beta_1, strategy.beta_2) == ((0.8, 0.9) if betas else (0.0, 0.0))
+    assert optimizer_state(strategy) == {}
+
+    moments = {"m_t": {"w": np.ones(2)}, "v_t": {"w": np.full(2, 3.0)}}
+    restore_optimizer_state(strategy, moments)
+    assert optimizer_state(strategy) == moments
+
+
+def test_a_resumed_fedadam_run_equals_the_uninterrupted_run(data_dir: Path, tmp_path: Path) -> None:
+    """FedAdam's moments (m_t, v_t) live on the server: they persist in server.npz, and
+    the resumed run's bias correction counts the run's rounds, not the resumed ones."""
+    from fedal.checkpoint import load_server_checkpoint
+
+    settings = ('federation.aggregation="fedadam"', "federation.eta=0.01")
+    straight = run(
+        tiny_config(data_dir, tmp_path, *settings, "federation.rounds=3"), tmp_path / "straight"
+    )
+    interrupted = tmp_path / "interrupted"
+    run(tiny_config(data_dir, tmp_path, *settings, "federation.rounds=2"), interrupted)
+    saved = load_server_checkpoint(RunDirectory(interrupted))
+    assert saved.round == 2 and saved.optimizer.keys() == {"m_t", "v_t"}
+    assert saved.optimizer["m_t"].keys() == saved.arrays.keys()
+    assert any(np.any(moment != 0) for moment in saved.optimizer["v_t"].values())
+
+    assert main(["resume", str(interrupted), "--rounds", "3"]) == 0
+
+    assert [r["round"] for r in RunDirectory(interrupted).read_rounds()] == [0, 1, 2, 3]
+    assert [r["test_loss"] for r in RunDirectory(interrupted).read_rounds()] == [
+        r["test_loss"] for r in RunDirectory(straight).read_rounds()
+    ]
+    assert np.array_equal(read_ledger(interrupted), read_ledger(straight))
+    assert_same_uploads(straight, interrupted)
+    resumed, uninterrupted = (
+        load_server_checkpoint(RunDirectory(d)) for d in (interrupted, straight)
+    )
+    assert resumed.round == uninterrupted.round == 3
+    for name, array in uninterrupted.arrays.items():  # the task model, bit for bit
+        assert np.array_equal(resumed.arrays[name], array), name
+    for moment, arrays in uninterrupted.optimizer.items():
+        for name, array in arrays.items():
+            assert np.array_equal(resumed.optimizer[moment][name], array), f"{moment}:{name}"
+
+
+def test_a_lost_reply_is_recorded_and_its_labels_still_reach_the_ledger(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """Client 1 trains and labels in round 2 but its reply never arrives (an error reply
+    after the work, as a crash before replying or a timeout leaves it): the round goes on
+    with the others, rounds.jsonl says who was dropped and why, and client 1's round-2
+    labels reach the ledger with its next reply, so the ledger and every client's own
+    ledger (its checkpoint on disk) agree row for row."""
+    from flwr.app import Context, Error, Message, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.telemetry import EventType
+
+    from clients.app import client_id, partition_of, train
+    from clients.protocol import CLIENT_ID_ACTION, RoundTask
+    from clients.state import POOL_KEY
+    from fedal.app.server import app as server_app
+    from fedal.app.simulation import backend_config
+    from fedal.checkpoint import load_client_checkpoint
+    from fedal.config import flatten
+
+    lossy = ClientApp()
+    lossy.query(CLIENT_ID_ACTION)(client_id)
+
+    @lossy.train()
+    def train_and_lose_one_reply(msg: Message, context: Context) -> Message:
+        reply = train(msg, context)
+        task = RoundTask.from_message(msg)
+        if (task.server_round, partition_of(context, task.config.data.num_clients)) == (2, 1):
+            return Message(Error(code=1, reason="injected: the reply is lost"), reply_to=msg)
+        return reply
+
+    run = RunDirectory(tmp_path / "lossy")
+    config = tiny_config(data_dir, tmp_path, "federation.rounds=3").replace(
+        "experiment", run_dir=str(run.path)
+    )
+    _run_simulation(
+        num_supernodes=config.data.num_clients,
+        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+        client_app=lossy,
+        server_app=server_app,
+        backend_name="ray",
+        backend_config=backend_config(config, None, False),
+        server_app_context=Context(
+            run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=flatten(config)
+        ),
+        verbose_logging=False,
+    )
+    rounds = run.read_rounds()
+    assert [row["round"] for row in rounds] == [0, 1, 2, 3]
+    [dropped] = rounds[2]["dropped"]
+    assert dropped["client"] == 1 and "injected: the reply is lost" in dropped["reason"]
+    assert [client["client"] for client in rounds[2]["clients"]] == [0, 2]
+    assert [row["dropped"] for row in rounds if row["round"] != 2] == [[], [], []]
+    ledger = run.read_ledger()
+    for client in range(config.data.num_clients):
+        own = load_client_checkpoint(run, client, 3)[POOL_KEY]["ledger"]
+        assert np.array_equal(ledger[ledger[:, 0] == client], own), f"client {client}"
+    assert set(ledger[ledger[:, 0] == 1, 1].tolist()) == {0, 1, 2, 3}  # round 2's labels too

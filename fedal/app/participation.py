@@ -13,6 +13,7 @@ The same seed then trains the same clients in every round of every run.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -84,3 +85,22 @@ def ask_client_ids(grid: Grid, nodes: Iterable[int], num_clients: int) -> dict[i
             raise RuntimeError(f"node {node} did not tell its client id: {reply.error.reason}")
         answers[node] = ClientIdAnswer.from_content(reply.content).client
     return answers
+
+
+class MissingClientsError(RuntimeError):
+    """Not every client connected in time; the message says which setting to change."""
+
+
+def wait_for_clients(grid: Grid, num_clients: int, timeout: float, poll: float = 1.0) -> None:
+    """Wait until a node per client is connected (SuperNodes start in any order); fail
+    with one line after ``timeout`` seconds instead of waiting forever."""
+    deadline = time.monotonic() + timeout
+    while (connected := len(list(grid.get_node_ids()))) < num_clients:
+        if time.monotonic() >= deadline:
+            raise MissingClientsError(
+                f"only {connected} of data.num_clients={num_clients} clients connected within "
+                f"federation.connect_timeout={timeout:g} s; start the missing SuperNodes "
+                f'(--node-config "partition-id=K num-partitions={num_clients}") or raise '
+                "federation.connect_timeout"
+            )
+        time.sleep(poll)

@@ -71,4 +71,5 @@ def render_partition(summary: dict[str, Any], console: Console | None = None) ->
             str(client["noisy"]),
             " ".join(str(count) for count in client["class_histogram"]),
         )
+    table.caption = f"{sum(client['size'] for client in summary['clients'])} samples placed"
     (console or Console()).print(table)

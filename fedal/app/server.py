@@ -17,12 +17,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg, FedAvgM, FedProx
+from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
+from flwr.serverapp.strategy.fedopt import FedOpt
 
 from clients.protocol import RoundReply, RoundTask
-from fedal.app.participation import Participation
+from fedal.app.participation import Participation, wait_for_clients
 from fedal.app.preflight import checked_config
 from fedal.app.progress import RoundProgress
 from fedal.checkpoint import ServerCheckpoint, load_server_checkpoint, save_server_checkpoint
@@ -31,7 +32,7 @@ from fedal.datasets import LoadedDataset
 from fedal.models import build_for_dataset
 from fedal.plots import plot_runs
 from fedal.reports import ClientReport, round_totals
-from fedal.results import RunRecorder
+from fedal.results import DroppedClient, RunRecorder
 from fedal.resume import check_results, check_resume
 from fedal.rundir import RunDirectory
 from fedal.shards import (
@@ -70,12 +71,19 @@ class RoundReports:
     def __init__(self, run: RunDirectory, save_uploads: bool) -> None:
         self.run = run
         self.save_uploads = save_uploads
-        self.by_round: dict[int, list[ClientReport]] = {}
+        self.by_round: dict[int, tuple[list[ClientReport], list[DroppedClient]]] = {}
         self.short_clients: set[int] = set()
 
-    def received(self, server_round: int, replies: list[RoundReply]) -> None:
-        """The replies aggregated in ``server_round`` (in client order)."""
-        self.by_round[server_round] = [reply.report for reply in replies]
+    def received(
+        self, server_round: int, replies: list[RoundReply], dropped: list[DroppedClient]
+    ) -> None:
+        """The replies aggregated in ``server_round`` (in client order) and the drawn
+        clients the round went without."""
+        self.by_round[server_round] = ([reply.report for reply in replies], dropped)
+        for client in dropped:
+            LOG.warning(
+                "round %d: client %d dropped: %s", server_round, client.client, client.reason
+            )
         for reply in replies:
             report = reply.report
             if self.save_uploads:
@@ -90,19 +98,23 @@ class RoundReports:
                     report.candidates_left,
                 )
 
-    def take(self, server_round: int) -> list[ClientReport]:
-        """The reports of ``server_round`` (none for round 0)."""
-        return self.by_round.pop(server_round, [])
+    def take(self, server_round: int) -> tuple[list[ClientReport], list[DroppedClient]]:
+        """The reports and dropped clients of ``server_round`` (none for round 0)."""
+        return self.by_round.pop(server_round, ([], []))
 
 
 def strict_and_ordered(strategy_class: type[Strategy]) -> type[Strategy]:
-    """The Flower strategy class, sampling and aggregating in client order, failing fast.
+    """The Flower strategy class, sampling and aggregating in client order, never
+    dropping a client silently.
 
     Clients are drawn reproducibly (see :mod:`fedal.app.participation`). Replies arrive in
     completion order; floating-point sums depend on order, so sorting by client makes the
-    aggregate bit-reproducible. Any error reply stops the run rather than silently
-    averaging fewer helpers. Flower counts the rounds of this ``start`` from 1; the
-    strategy adds ``first_round - 1`` to send and record the run's absolute rounds.
+    aggregate bit-reproducible. A drawn client that failed, or did not reply within
+    ``federation.round_timeout``, is recorded with the reason; the round aggregates the
+    others when at least Flower's ``min_train_nodes`` (``federation.min_train_clients``)
+    replied, and otherwise stops the run with one line. Flower counts the rounds of this
+    ``start`` from 1; the strategy adds ``first_round - 1`` to send and record the run's
+    absolute rounds.
     """
 
     class StrictOrdered(strategy_class):  # type: ignore[misc, valid-type]
@@ -113,6 +125,7 @@ def strict_and_ordered(strategy_class: type[Strategy]) -> type[Strategy]:
             task: Callable[[int], RoundTask],
             reports: RoundReports,
             first_round: int,
+            round_timeout: float,
             **kwargs: Any,
         ) -> None:
             super().__init__(*args, **kwargs)
@@ -120,6 +133,8 @@ def strict_and_ordered(strategy_class: type[Strategy]) -> type[Strategy]:
             self.task = task
             self.reports = reports
             self.rounds_before = first_round - 1
+            self.round_timeout = round_timeout
+            self.drawn: list[int] = []
 
         def configure_train(
             self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -127,22 +142,45 @@ def strict_and_ordered(strategy_class: type[Strategy]) -> type[Strategy]:
             absolute = self.rounds_before + server_round
             ordered = self.participation.grid_for_round(grid, absolute)
             task = self.task(absolute).to_config_record()
-            return super().configure_train(server_round, arrays, task, ordered)
+            messages = list(super().configure_train(server_round, arrays, task, ordered))
+            self.drawn = [message.metadata.dst_node_id for message in messages]
+            return messages
 
         def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> Any:
             absolute = self.rounds_before + server_round
             replies = list(replies)
-            failed = [reply for reply in replies if reply.has_error()]
-            if failed:
+            dropped = self._dropped(replies)
+            replies = [reply for reply in replies if not reply.has_error()]
+            if len(replies) < self.min_train_nodes:
+                detail = "; ".join(f"client {d.client}: {d.reason}" for d in dropped)
                 raise ClientRoundError(
-                    f"{len(failed)} client(s) failed in round {absolute}: {failed[0].error.reason}"
+                    f"round {absolute}: {len(replies)} client(s) replied, fewer than "
+                    f"federation.min_train_clients={self.min_train_nodes} ({detail})"
                 )
             parsed = sorted(
                 ((RoundReply.from_content(reply.content), reply) for reply in replies),
                 key=lambda pair: pair[0].report.client,
             )
-            self.reports.received(absolute, [content for content, _ in parsed])
-            return super().aggregate_train(server_round, [reply for _, reply in parsed])
+            self.reports.received(absolute, [content for content, _ in parsed], dropped)
+            # the absolute round: FedAdam's bias correction counts the run's rounds
+            return super().aggregate_train(absolute, [reply for _, reply in parsed])
+
+        def _dropped(self, replies: list[Message]) -> list[DroppedClient]:
+            """Drawn clients without a usable reply: failed (Flower's reason) or silent."""
+            clients = self.participation.node_clients
+            reasons = {
+                reply.metadata.src_node_id: f"failed: {reply.error.reason}"
+                for reply in replies
+                if reply.has_error()
+            }
+            replied = {reply.metadata.src_node_id for reply in replies}
+            for node in self.drawn:
+                if node not in replied:
+                    reasons[node] = f"no reply within {self.round_timeout:g} s"
+            return sorted(
+                (DroppedClient(clients[node], reason) for node, reason in reasons.items()),
+                key=lambda dropped: dropped.client,
+            )
 
     StrictOrdered.__name__ = strategy_class.__name__
     return StrictOrdered
@@ -153,30 +191,68 @@ def aggregation_strategy(
     reports: RoundReports,
     first_round: int = 1,
     resumed_after: int | None = None,
+    ledger_known: Callable[[], tuple[int, ...]] | None = None,
 ) -> FedAvg:
-    """Flower's built-in FedAvg / FedProx / FedAvgM as configured, whose first round is
-    the run's round ``first_round`` (later than 1 when resuming)."""
+    """Flower's built-in FedAvg / FedProx / FedAvgM / FedAdam / FedYogi / FedAdagrad as
+    configured, whose first round is the run's round ``first_round`` (later than 1 when
+    resuming).
+
+    The adaptive optimizers (Reddi et al., FedOpt) take ``federation.eta``, ``tau`` and
+    (FedAdam, FedYogi) ``beta_1`` / ``beta_2``; Flower's ``eta_l`` is only reported by
+    its summary, so it is given the clients' actual rate, ``training.lr``.
+    """
     fed = config.federation
+    clients = config.data.num_clients
+    known = ledger_known or (lambda: (0,) * clients)
     common: dict[str, Any] = {
         "fraction_train": fed.fraction_train,
         "fraction_evaluate": 0.0,
-        "min_train_nodes": 1,
+        "min_train_nodes": fed.min_train_clients,
         "min_evaluate_nodes": 0,
         "min_available_nodes": config.data.num_clients,
         "train_metrics_aggr_fn": train_totals,
         "participation": Participation(config.experiment.seed, config.data.num_clients),
-        "task": lambda server_round: RoundTask(server_round, config, resumed_after),
+        "task": lambda server_round: RoundTask(server_round, config, resumed_after, known()),
         "reports": reports,
         "first_round": first_round,
+        "round_timeout": fed.round_timeout,
     }
+    adaptive: dict[str, Any] = {"eta": fed.eta, "eta_l": config.training.lr, "tau": fed.tau}
     builders: dict[str, Callable[[], FedAvg]] = {
         "fedavg": lambda: strict_and_ordered(FedAvg)(**common),
         "fedprox": lambda: strict_and_ordered(FedProx)(proximal_mu=fed.proximal_mu, **common),
         "fedavgm": lambda: strict_and_ordered(FedAvgM)(
             server_learning_rate=fed.server_lr, server_momentum=fed.server_momentum, **common
         ),
+        "fedadam": lambda: strict_and_ordered(FedAdam)(
+            **adaptive, beta_1=fed.beta_1, beta_2=fed.beta_2, **common
+        ),
+        "fedyogi": lambda: strict_and_ordered(FedYogi)(
+            **adaptive, beta_1=fed.beta_1, beta_2=fed.beta_2, **common
+        ),
+        "fedadagrad": lambda: strict_and_ordered(FedAdagrad)(**adaptive, **common),
     }
     return builders[fed.aggregation]()
+
+
+OPTIMIZER_MOMENTS = ("m_t", "v_t")  # FedOpt's first and second moment estimates
+
+
+def optimizer_state(strategy: FedAvg) -> dict[str, dict[str, np.ndarray]]:
+    """The adaptive optimizer's moment estimates (by moment, then array name); empty
+    for the other strategies and before the first aggregation."""
+    if not isinstance(strategy, FedOpt):
+        return {}
+    moments = {name: getattr(strategy, name) for name in OPTIMIZER_MOMENTS}
+    return {name: dict(arrays) for name, arrays in moments.items() if arrays}
+
+
+def restore_optimizer_state(strategy: FedAvg, state: dict[str, dict[str, np.ndarray]]) -> None:
+    """Give a resumed strategy the server-side state it had: FedOpt's moments."""
+    if isinstance(strategy, FedOpt):
+        for name in OPTIMIZER_MOMENTS:
+            if state.get(name):
+                setattr(strategy, name, dict(state[name]))
 
 
 def test_view(config: ExperimentConfig, dataset: LoadedDataset) -> SampleView:
@@ -211,6 +287,7 @@ def _serve_locked(grid: Grid, config: ExperimentConfig, run: RunDirectory) -> di
         check_results(run, resumed.round, resumed.ledger_rows)
     else:
         run.refuse_if_taken()
+    wait_for_clients(grid, config.data.num_clients, config.federation.connect_timeout)
     start = resumed.round if resumed else 0
     if start >= config.federation.rounds:
         raise ValueError(
@@ -233,10 +310,16 @@ def _serve_locked(grid: Grid, config: ExperimentConfig, run: RunDirectory) -> di
     reports = RoundReports(run, config.experiment.save_uploads)
     progress = RoundProgress(config.federation.rounds, first_round=start)
     strategy = aggregation_strategy(
-        config, reports, first_round=start + 1, resumed_after=start if resumed else None
+        config,
+        reports,
+        first_round=start + 1,
+        resumed_after=start if resumed else None,
+        ledger_known=lambda: recorder.ledger_known(config.data.num_clients),
     )
     if resumed and resumed.momentum and isinstance(strategy, FedAvgM):
         strategy.momentum_vector = resumed.momentum
+    if resumed:
+        restore_optimizer_state(strategy, resumed.optimizer)
 
     def central_evaluation(local_round: int, arrays: ArrayRecord) -> MetricRecord:
         server_round = start + local_round
@@ -245,12 +328,9 @@ def _serve_locked(grid: Grid, config: ExperimentConfig, run: RunDirectory) -> di
         metrics = MetricRecord({"accuracy": stats.accuracy, "loss": stats.loss})
         if resumed and local_round == 0:
             return metrics  # this round is already in the results
+        received, dropped = reports.take(server_round)
         row = recorder.record_round(
-            server_round,
-            stats.accuracy,
-            stats.loss,
-            reports.take(server_round),
-            progress.elapsed(),
+            server_round, stats.accuracy, stats.loss, received, progress.elapsed(), dropped
         )
         if config.experiment.checkpoint:
             momentum = getattr(strategy, "momentum_vector", None)
@@ -261,15 +341,20 @@ def _serve_locked(grid: Grid, config: ExperimentConfig, run: RunDirectory) -> di
                     recorder.ledger_rows,
                     {name: arrays[name].numpy() for name in arrays},
                     list(momentum) if momentum else [],
+                    optimizer_state(strategy),
                 ),
             )
         progress.report(server_round, row["labels"], stats.accuracy)
         return metrics
 
+    initial = ArrayRecord(model.state_dict())
+    if resumed:  # the checkpointed arrays as they were (FedOpt's updates are float64)
+        initial = ArrayRecord({name: Array(resumed.arrays[name]) for name in initial})
     strategy.start(
         grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
+        initial_arrays=initial,
         num_rounds=config.federation.rounds - start,
+        timeout=config.federation.round_timeout,
         evaluate_fn=central_evaluation,
     )
     summary = recorder.finish()
