@@ -51,10 +51,11 @@ from torch import nn
 
 from fedal.models import Classifier
 from fedal.views import SampleView
-from strategies.base import QueryStrategy, RoundContext, top_k
+from strategies.base import RoundContext, top_k
 from strategies.private_training import (
     BatchCap,
     LearningRate,
+    NetworkStrategy,
     PrivateNetwork,
     PrivateTrainingOptions,
     labelled_batches,
@@ -196,7 +197,7 @@ class ADSOptions(PrivateTrainingOptions):
 
 
 @register
-class AgreementDiscrepancySelection(QueryStrategy):
+class AgreementDiscrepancySelection(NetworkStrategy):
     """Select the largest mean head entropies (equation 3) within a random M-subset.
 
     The twin-head network (weights and BatchNorm statistics) persists through
@@ -209,7 +210,7 @@ class AgreementDiscrepancySelection(QueryStrategy):
 
     def __init__(self, options: Mapping[str, object] | None = None) -> None:
         super().__init__(options)
-        self._network: PrivateNetwork[TwinHeadNetwork] = PrivateNetwork(self._build)
+        self.networks: PrivateNetwork[TwinHeadNetwork] = PrivateNetwork(self._build)
 
     def _build(self, ctx: RoundContext) -> TwinHeadNetwork:
         return TwinHeadNetwork(ctx.build_model(self.options.backbone), ctx.num_classes)
@@ -219,7 +220,7 @@ class AgreementDiscrepancySelection(QueryStrategy):
     def fit(self, ctx: RoundContext) -> None:
         """Algorithm 1, lines 3-10, for ``epochs`` epochs."""
         opts = self.options
-        network = self._network.get(ctx, fresh=not opts.warm_start)
+        network = self.networks.get(ctx, fresh=not opts.warm_start)
         whole, trunk, heads = (
             opts.optimizer(network),
             opts.optimizer(network.features),
@@ -269,20 +270,8 @@ class AgreementDiscrepancySelection(QueryStrategy):
 
     def entropies(self, ctx: RoundContext, view: SampleView) -> torch.Tensor:
         """E(u) (equation 3) for every row of a candidate view."""
-        network = self._network.get(ctx)
+        network = self.networks.get(ctx)
         logits = predict_logits(network, view, ctx.device, ctx.batch_size)
         return mean_entropy(torch.sigmoid(logits))
 
     # ------------------------------------------------------------------ state
-
-    def sampling_parameters(self) -> int:
-        """The twin-head network's trainable parameters."""
-        return self._network.parameter_count()
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The twin-head network's weights and buffers (empty before it exists)."""
-        return self._network.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Restore the network saved by :meth:`state_dict`."""
-        self._network.load_state_dict(state)

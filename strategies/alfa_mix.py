@@ -59,11 +59,8 @@ from strategies.base import QueryStrategy, RoundContext, top_k
 from strategies.distances import (
     DEFAULT_CHUNK_SIZE,
     ChunkSize,
-    EuclideanSpace,
-    as_float64,
-    kmeans_plus_plus,
 )
-from strategies.kmeans import lloyd, nearest_distinct
+from strategies.kmeans import kmeans_representatives
 from strategies.registry import register
 from strategies.scoring import entropy, predict_embeddings
 
@@ -212,13 +209,8 @@ class ALFAMix(QueryStrategy):
 
     def cluster_centres(self, ctx: RoundContext, hidden: torch.Tensor, budget: int) -> np.ndarray:
         """Positions (into ``hidden``) of the points nearest to ``budget`` k-means centres."""
-        chunk = self.options.chunk_size
-        space = EuclideanSpace(as_float64(hidden, ctx.device))
-        first = int(ctx.rng.integers(len(space)))
-        seeds = kmeans_plus_plus(space, budget, first, ctx.rng, chunk)
-        initial = space.points[torch.from_numpy(seeds)]
-        centroids = lloyd(space, initial, self.options.iterations, chunk)
-        return nearest_distinct(space, centroids, chunk)
+        opts = self.options
+        return kmeans_representatives(hidden, budget, ctx, opts.iterations, opts.chunk_size)
 
     def filled(
         self, ctx: RoundContext, chosen: np.ndarray, logits: torch.Tensor, budget: int

@@ -84,11 +84,19 @@ class KMeansSampling(QueryStrategy):
     def select(self, ctx: RoundContext, budget: int) -> np.ndarray:
         if budget <= 0 or len(ctx.candidates) == 0:
             return np.empty(0, dtype=np.int64)
-        chunk = self.options.chunk_size
         hidden, _ = predict_embeddings(ctx.model, ctx.candidates, ctx.device, ctx.batch_size)
-        space = EuclideanSpace(as_float64(hidden, ctx.device))
-        first = int(ctx.rng.integers(len(space)))
-        seeds = kmeans_plus_plus(space, budget, first, ctx.rng, chunk)
-        initial = space.points[torch.from_numpy(seeds)]
-        centroids = lloyd(space, initial, self.options.iterations, chunk)
-        return nearest_distinct(space, centroids, chunk)
+        opts = self.options
+        return kmeans_representatives(hidden, budget, ctx, opts.iterations, opts.chunk_size)
+
+
+def kmeans_representatives(
+    points: torch.Tensor, budget: int, ctx: RoundContext, iterations: int, chunk_size: int
+) -> np.ndarray:
+    """Positions of the points nearest to ``budget`` k-means centres: k-means++ seeding
+    from a random first point (``ctx.rng``), then ``iterations`` Lloyd steps."""
+    space = EuclideanSpace(as_float64(points, ctx.device))
+    first = int(ctx.rng.integers(len(space)))
+    seeds = kmeans_plus_plus(space, budget, first, ctx.rng, chunk_size)
+    initial = space.points[torch.from_numpy(seeds)]
+    centroids = lloyd(space, initial, iterations, chunk_size)
+    return nearest_distinct(space, centroids, chunk_size)

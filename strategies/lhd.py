@@ -70,7 +70,7 @@ from fedal.ema import EmaModel
 from fedal.models import Classifier
 from fedal.schema import Schema
 from fedal.training import make_optimizer
-from strategies.base import QueryStrategy, RoundContext
+from strategies.base import RoundContext
 from strategies.distances import (
     DEFAULT_CHUNK_SIZE,
     ChunkSize,
@@ -82,6 +82,7 @@ from strategies.private_training import (
     BatchSize,
     Epochs,
     LearningRate,
+    NetworkStrategy,
     PrivateNetwork,
     labelled_batches,
     seeded_torch,
@@ -153,7 +154,7 @@ def _reinitialise(model: Classifier) -> None:
 
 
 @register
-class LHD(QueryStrategy):
+class LHD(NetworkStrategy):
     """k-means++ seeding over the main/EMA state differences ``lh`` (Algorithm 1).
 
     The ``main`` network and its EMA (weights and buffers) persist through
@@ -166,14 +167,14 @@ class LHD(QueryStrategy):
 
     def __init__(self, options: Mapping[str, object] | None = None) -> None:
         super().__init__(options)
-        self._pair: PrivateNetwork[EmaModel[Classifier]] = PrivateNetwork(self._new_pair)
+        self.networks: PrivateNetwork[EmaModel[Classifier]] = PrivateNetwork(self._new_pair)
 
     # ------------------------------------------------------------------ training
 
     def fit(self, ctx: RoundContext) -> None:
         """Algorithm 1, lines 2/14: ``epochs`` passes of cross-entropy steps on ``main``
         over the labelled set, each step followed by the EMA update."""
-        pair, opts = self._pair.get(ctx), self.options
+        pair, opts = self.networks.get(ctx), self.options
         with seeded_torch(ctx):  # drawn even with nothing to train: one stream either way
             if len(ctx.labelled) == 0 or opts.epochs == 0:
                 return
@@ -198,7 +199,7 @@ class LHD(QueryStrategy):
 
     def state_differences(self, ctx: RoundContext) -> torch.Tensor:
         """``lh`` for every candidate, shape ``(N, embedding_dim)``, on the CPU."""
-        pair = self._pair.get(ctx)
+        pair = self.networks.get(ctx)
         main_hidden, main_logits = predict_embeddings(
             pair.main, ctx.candidates, ctx.device, ctx.batch_size
         )
@@ -220,18 +221,9 @@ class LHD(QueryStrategy):
             main = ctx.build_model(backbone)
         return EmaModel(main.requires_grad_(True).eval(), self.options.ema_decay)
 
-    def sampling_parameters(self) -> int:
-        """The main network's trainable parameters (the EMA copy is not trained)."""
-        return self._pair.parameter_count()
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Both networks as ``main.<name>`` / ``ema.module.<name>`` with ``ema.n_averaged``
-        (empty before they exist)."""
-        return self._pair.state_dict()
-
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Restore what :meth:`state_dict` returned (applied once the pair exists)."""
         unknown = sorted({key.split(".", 1)[0] for key in state} - {"main", "ema"})
         if unknown:
             raise ValueError(f"lhd: saved state has unknown model(s) {unknown}")
-        self._pair.load_state_dict(state)
+        super().load_state_dict(state)

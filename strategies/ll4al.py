@@ -47,11 +47,12 @@ from torch import nn
 
 from fedal.schema import Schema
 from fedal.training import epoch_batches
-from strategies.base import QueryStrategy, RoundContext, top_k
+from strategies.base import RoundContext, top_k
 from strategies.private_training import (
     BatchSize,
     Epochs,
     LearningRate,
+    NetworkStrategy,
     PrivateNetwork,
     step,
 )
@@ -113,7 +114,7 @@ class LL4ALOptions(Schema):
 
 
 @register
-class LearningLoss(QueryStrategy):
+class LearningLoss(NetworkStrategy):
     """Select the largest predicted losses (within a random subset of candidates)."""
 
     name = "ll4al"
@@ -122,7 +123,7 @@ class LearningLoss(QueryStrategy):
 
     def __init__(self, options: Mapping[str, object] | None = None) -> None:
         super().__init__(options)
-        self._module: PrivateNetwork[LossPredictionModule] = PrivateNetwork(self._build)
+        self.networks: PrivateNetwork[LossPredictionModule] = PrivateNetwork(self._build)
 
     def _build(self, ctx: RoundContext) -> LossPredictionModule:
         return LossPredictionModule(ctx.model.embedding_dim, self.options.width)
@@ -132,7 +133,7 @@ class LearningLoss(QueryStrategy):
     def fit(self, ctx: RoundContext) -> None:
         """Equation 2 on the scoring model's labelled embeddings and per-sample losses."""
         opts = self.options
-        module = self._module.get(ctx, fresh=not opts.warm_start)
+        module = self.networks.get(ctx, fresh=not opts.warm_start)
         if len(ctx.labelled) < 2 or opts.epochs == 0:
             return
         hidden, logits = predict_embeddings(ctx.model, ctx.labelled, ctx.device, ctx.batch_size)
@@ -170,22 +171,10 @@ class LearningLoss(QueryStrategy):
     @torch.no_grad()
     def predicted_losses(self, ctx: RoundContext, subset: np.ndarray) -> torch.Tensor:
         """The module's predicted loss for the candidates at ``subset``, on the CPU."""
-        module = self._module.get(ctx)
+        module = self.networks.get(ctx)
         view = ctx.candidates.subset(subset)
         hidden, _ = predict_embeddings(ctx.model, view, ctx.device, ctx.batch_size)
         module.eval()
         return module(hidden.to(ctx.device)).cpu()
 
     # ------------------------------------------------------------------ state
-
-    def sampling_parameters(self) -> int:
-        """The loss prediction module's trainable parameters."""
-        return self._module.parameter_count()
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The module's weights (empty before it exists)."""
-        return self._module.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Restore the module saved by :meth:`state_dict`."""
-        self._module.load_state_dict(state)

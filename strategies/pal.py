@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from strategies.base import QueryStrategy, RoundContext, top_k
+from strategies.base import RoundContext, top_k
 from strategies.pal_heads import (
     PretextScorer,
     Variant,
@@ -54,6 +54,7 @@ from strategies.pal_heads import (
     variant_weights,
 )
 from strategies.private_training import (
+    NetworkStrategy,
     PrivateNetwork,
     PrivateTrainingOptions,
     labelled_batches,
@@ -89,7 +90,7 @@ class PALOptions(PrivateTrainingOptions):
 
 
 @register
-class PretextActiveLearning(QueryStrategy):
+class PretextActiveLearning(NetworkStrategy):
     """Select by the hybrid self-supervision + classification score in diverse sub-queries.
 
     The scoring network (weights and BatchNorm statistics) persists through
@@ -102,7 +103,7 @@ class PretextActiveLearning(QueryStrategy):
 
     def __init__(self, options: Mapping[str, object] | None = None) -> None:
         super().__init__(options)
-        self._network: PrivateNetwork[PretextScorer] = PrivateNetwork(self._build)
+        self.networks: PrivateNetwork[PretextScorer] = PrivateNetwork(self._build)
 
     def _build(self, ctx: RoundContext) -> PretextScorer:
         return PretextScorer(ctx.build_model(self.options.backbone))
@@ -112,7 +113,7 @@ class PretextActiveLearning(QueryStrategy):
     def fit(self, ctx: RoundContext) -> None:
         """Algorithm 1, "training ... scoring networks": ``epochs`` passes over D_L."""
         opts = self.options
-        network = self._network.get(ctx, fresh=not opts.warm_start)
+        network = self.networks.get(ctx, fresh=not opts.warm_start)
         if len(ctx.labelled) == 0 or opts.epochs == 0:
             return
         optimizer = opts.optimizer(network)
@@ -138,7 +139,7 @@ class PretextActiveLearning(QueryStrategy):
             return []
         opts = self.options
         lambda1, lambda2 = variant_weights(opts.variant, opts.lambda1, opts.lambda2)
-        network = self._network.get(ctx)
+        network = self.networks.get(ctx)
         # the network's output is the (N, 4, D) embeddings of the four rotations
         embeddings = predict_logits(network, ctx.candidates, ctx.device, ctx.batch_size)
         embeddings = embeddings.to(ctx.device)
@@ -160,18 +161,6 @@ class PretextActiveLearning(QueryStrategy):
         return chunks
 
     # ------------------------------------------------------------------ state
-
-    def sampling_parameters(self) -> int:
-        """The scoring network's trainable parameters (trunk and both heads)."""
-        return self._network.parameter_count()
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The scoring network's weights and buffers (empty before it exists)."""
-        return self._network.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Restore the scoring network saved by :meth:`state_dict`."""
-        self._network.load_state_dict(state)
 
 
 def subquery_sizes(budget: int, subqueries: int) -> list[int]:

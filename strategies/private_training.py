@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 import torch
 from pydantic import Field
@@ -28,7 +28,7 @@ from fedal.config import TrainingSection
 from fedal.models import count_parameters
 from fedal.schema import Schema
 from fedal.training import crop_flip, epoch_batches, make_optimizer, wants_augmentation
-from strategies.base import RoundContext
+from strategies.base import QueryStrategy, RoundContext
 
 SEED_BOUND = 2**62
 
@@ -137,6 +137,26 @@ class PrivateNetworks(Generic[Network]):
             parts[name][rest] = value
         for name, network in self._networks.items():
             network.load_state_dict(parts[name])
+
+
+class NetworkStrategy(QueryStrategy):
+    """A query strategy whose private state is its network(s), ``self.networks``: they
+    give the sampling-model size (the PSL paper's Table 1 column) and what persists
+    across rounds."""
+
+    networks: PrivateNetwork[Any] | PrivateNetworks[Any]
+
+    def sampling_parameters(self) -> int:
+        """Trainable parameters of the strategy's private network(s)."""
+        return self.networks.parameter_count()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The network(s)' weights and buffers (empty before they exist)."""
+        return self.networks.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_dict` returned (applied once they are built)."""
+        self.networks.load_state_dict(state)
 
 
 def step(optimizer: torch.optim.Optimizer, model: nn.Module, loss: torch.Tensor) -> None:

@@ -42,10 +42,11 @@ from fedal.config import TrainingSection
 from fedal.models import Classifier
 from fedal.training import make_schedule
 from fedal.views import SampleView
-from strategies.base import QueryStrategy, RoundContext, top_k
+from strategies.base import RoundContext, top_k
 from strategies.private_training import (
     BatchCap,
     LearningRate,
+    NetworkStrategy,
     PrivateNetworks,
     SGDOptions,
     labelled_batches,
@@ -113,7 +114,7 @@ class PSLOptions(SGDOptions):
 
 
 @register
-class PeerStudyLearning(QueryStrategy):
+class PeerStudyLearning(NetworkStrategy):
     """Select the candidates on which the peer students disagree most (equation 6).
 
     With a single peer the discrepancy is undefined and the score degrades to the
@@ -129,7 +130,7 @@ class PeerStudyLearning(QueryStrategy):
     def __init__(self, options: Mapping[str, object] | None = None) -> None:
         super().__init__(options)
         names = [f"peer{j}" for j in range(self.options.peers)]
-        self._peers: PrivateNetworks[Classifier] = PrivateNetworks(self.name, names, self._build)
+        self.networks: PrivateNetworks[Classifier] = PrivateNetworks(self.name, names, self._build)
 
     def _build(self, ctx: RoundContext) -> Classifier:
         return ctx.build_model(self.options.peer_model)
@@ -140,7 +141,7 @@ class PeerStudyLearning(QueryStrategy):
         """Algorithm 1, lines 4-12 without line 6: per epoch, in-class study (eq. 2) and
         out-of-class study (eqs 3-5), in shared steps or one after the other
         (``study_steps``); the learning rate follows ``schedule`` over the epochs."""
-        peers = nn.ModuleList(self._peers.get(ctx))  # one optimiser trains them all
+        peers = nn.ModuleList(self.networks.get(ctx))  # one optimiser trains them all
         opts = self.options
         optimizer = opts.optimizer(peers)
         schedule = make_schedule(optimizer, opts.settings(), opts.epochs)
@@ -219,24 +220,11 @@ class PeerStudyLearning(QueryStrategy):
         return torch.stack(
             [
                 predict_logits(peer, view, ctx.device, ctx.batch_size)
-                for peer in self._peers.get(ctx)
+                for peer in self.networks.get(ctx)
             ]
         )
 
-    def sampling_parameters(self) -> int:
-        """Trainable parameters of all peers (the paper's Table 1 'sampling model' size)."""
-        return self._peers.parameter_count()
-
     # ------------------------------------------------------------------ peers and state
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Every peer's weights and buffers as ``peer<j>.<name>`` (empty before any peer)."""
-        return self._peers.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Restore peers saved by :meth:`state_dict` (applied when the peers are built);
-        the state must hold as many peers as ``peers`` asks for."""
-        self._peers.load_state_dict(state)
 
 
 @torch.no_grad()

@@ -54,12 +54,13 @@ from pydantic import Field
 
 from fedal.schema import Schema
 from fedal.views import SampleView
-from strategies.base import QueryStrategy, RoundContext, top_k
+from strategies.base import RoundContext, top_k
 from strategies.private_training import (
     BatchCap,
     BatchSize,
     Epochs,
     LearningRate,
+    NetworkStrategy,
     PrivateNetwork,
     labelled_batches,
     seeded_torch,
@@ -113,7 +114,7 @@ def input_shape(ctx: RoundContext) -> tuple[int, ...]:
 
 
 @register
-class VAAL(QueryStrategy):
+class VAAL(NetworkStrategy):
     """Select the candidates D finds least likely to be labelled."""
 
     name = "vaal"
@@ -122,7 +123,7 @@ class VAAL(QueryStrategy):
 
     def __init__(self, options: Mapping[str, object] | None = None) -> None:
         super().__init__(options)
-        self._network: PrivateNetwork[AdversarialVAE] = PrivateNetwork(self._build)
+        self.networks: PrivateNetwork[AdversarialVAE] = PrivateNetwork(self._build)
 
     def _build(self, ctx: RoundContext) -> AdversarialVAE:
         opts = self.options
@@ -137,7 +138,7 @@ class VAAL(QueryStrategy):
         opts = self.options
         if len(ctx.labelled) == 0 and len(ctx.private_unlabelled) == 0:
             return
-        network = self._network.get(ctx, fresh=not opts.warm_start)
+        network = self.networks.get(ctx, fresh=not opts.warm_start)
         vae_optimizer = torch.optim.Adam(network.vae.parameters(), lr=opts.lr)
         d_optimizer = torch.optim.Adam(network.discriminator.parameters(), lr=opts.lr)
         network.train()
@@ -190,19 +191,7 @@ class VAAL(QueryStrategy):
     def labelled_logits(self, ctx: RoundContext, view: SampleView) -> torch.Tensor:
         """D's logit that each row of ``view`` is labelled (sigmoid: the probability), on
         the CPU; ranking by logits avoids ties where the sigmoid saturates."""
-        network = self._network.get(ctx)
+        network = self.networks.get(ctx)
         return predict_logits(network, view, ctx.device, ctx.batch_size).reshape(-1)
 
     # ------------------------------------------------------------------ state
-
-    def sampling_parameters(self) -> int:
-        """Trainable parameters of the VAE and D."""
-        return self._network.parameter_count()
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The VAE's and D's weights and buffers (``vae.*``, ``discriminator.*``)."""
-        return self._network.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Restore the networks saved by :meth:`state_dict`."""
-        self._network.load_state_dict(state)
