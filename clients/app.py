@@ -4,7 +4,8 @@ The server sends the global task-model arrays and a :class:`~clients.protocol.Ro
 (the experiment config and the absolute round); the client runs
 :func:`clients.round.run_client_round` and replies with a
 :class:`~clients.protocol.RoundReply` (the helper's arrays and its report). Nothing else
-leaves the client. With
+leaves the client (with SCAFFOLD also the control update delta c_i; the client keeps its
+control variate c_i in its state). With
 ``experiment.checkpoint`` it also writes its state to the run's checkpoint directory
 after each round, and a resumed run (``experiment.resume``) starts from that file.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
@@ -22,15 +24,17 @@ from clients.protocol import (
     ClientIdQuery,
     RoundTask,
 )
-from clients.round import run_client_round
+from clients.round import ControlVariates, next_client_control, run_client_round
 from clients.state import (
     POOL_KEY,
     export_state,
     import_state,
     load_book,
+    load_control,
     load_pool,
     load_strategy_state,
     save_book,
+    save_control,
     save_pool,
     save_strategy_state,
 )
@@ -93,6 +97,13 @@ def train(msg: Message, context: Context) -> Message:
         dataset = experiment_data(config, book.total_noisy)
     strategy = build_strategy(config.query.strategy, config.query.options)
     strategy.load_state_dict(load_strategy_state(context.state))
+    control = None
+    if task.control is not None:  # SCAFFOLD: c from the server, c_i from the state
+        server_control = {name: torch.tensor(array) for name, array in task.control.items()}
+        client_control = load_control(context.state)
+        if client_control is None:
+            client_control = {name: torch.zeros_like(c) for name, c in server_control.items()}
+        control = ControlVariates(server=server_control, client=client_control)
 
     reply = run_client_round(
         config,
@@ -103,7 +114,10 @@ def train(msg: Message, context: Context) -> Message:
         server_round,
         default_device(),
         ledger_from=task.ledger_known[client],
+        control=control,
     )
+    if control is not None and reply.control_delta is not None:
+        save_control(context.state, next_client_control(control.client, reply.control_delta))
     save_pool(context.state, pool)
     save_strategy_state(context.state, strategy.state_dict())
     save_book(context.state, book)

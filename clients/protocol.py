@@ -11,6 +11,12 @@ records:
   in a resumed run, the round it resumed after.
 - :class:`RoundReply`: the helper's arrays and the :class:`~fedal.reports.ClientReport`.
 
+With ``federation.aggregation = "scaffold"`` (Karimireddy et al. 2020, Algorithm 1) the
+task also carries the server control variate c (one extra ``ArrayRecord`` in the train
+message, under ``fedal-control``) and the reply the client's control update delta c_i
+(in the reply's one ``ArrayRecord``, each name prefixed with ``delta-c/``: Flower's
+FedAvg accepts exactly one ``ArrayRecord`` per reply).
+
 The config travels as JSON and is parsed once per process and config text, so a client
 does not validate the same config again every round (it was validated at the edge).
 """
@@ -20,8 +26,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 
 from fedal.config import ExperimentConfig
 from fedal.reports import ClientReport
@@ -32,6 +47,8 @@ _ROUND_KEY = "fedal-round"
 _CONFIG_KEY = "fedal-config"
 _RESUMED_KEY = "fedal-resumed-after"
 _LEDGER_KEY = "fedal-ledger-known"
+CONTROL_KEY = "fedal-control"  # SCAFFOLD's server control variate c in a train message
+CONTROL_DELTA_PREFIX = "delta-c/"  # SCAFFOLD's delta c_i in a reply's ArrayRecord
 
 
 def record_int(record: ConfigRecord, key: str) -> int:
@@ -86,13 +103,15 @@ class RoundTask:
     interrupted run); ``None`` otherwise. ``ledger_known[k]``: how many of client k's
     ledger entries the run has recorded; a client reports every entry after those, so
     the labels of a round whose reply was lost (a failure, a timeout) reach the ledger
-    with its next reply.
+    with its next reply. ``control``: SCAFFOLD's server control variate c by trainable
+    weight name (``None`` for every other aggregation).
     """
 
     server_round: int
     config: ExperimentConfig
     resumed_after: int | None = None
     ledger_known: tuple[int, ...] = ()
+    control: dict[str, np.ndarray] | None = None
 
     def to_config_record(self) -> ConfigRecord:
         """The train config record the Flower strategy sends with the global arrays."""
@@ -107,14 +126,24 @@ class RoundTask:
             record[_RESUMED_KEY] = self.resumed_after
         return record
 
+    def to_array_records(self) -> dict[str, ArrayRecord]:
+        """The array records the train message carries besides the global arrays: SCAFFOLD's
+        control variate (none for the other aggregations)."""
+        if self.control is None:
+            return {}
+        arrays = {name: Array(np.ascontiguousarray(value)) for name, value in self.control.items()}
+        return {CONTROL_KEY: ArrayRecord(arrays)}
+
     @classmethod
     def from_message(cls, message: Message) -> RoundTask:
         record = message.content.config_records["config"]
+        control = message.content.array_records.get(CONTROL_KEY)
         return cls(
             server_round=record_int(record, _ROUND_KEY),
             config=_parse_config(str(record[_CONFIG_KEY])),
             resumed_after=record_int(record, _RESUMED_KEY) if _RESUMED_KEY in record else None,
             ledger_known=tuple(int(count) for count in _int_list(record, _LEDGER_KEY)),
+            control=None if control is None else {name: control[name].numpy() for name in control},
         )
 
 
@@ -125,22 +154,38 @@ def _parse_config(text: str) -> ExperimentConfig:
 
 @dataclass(frozen=True)
 class RoundReply:
-    """What leaves a client after a round: the helper's weights and its report."""
+    """What leaves a client after a round: the helper's weights and its report, and with
+    SCAFFOLD the client's control update delta c_i by trainable weight name."""
 
     helper_state: dict[str, torch.Tensor]
     report: ClientReport
+    control_delta: dict[str, torch.Tensor] | None = None
+
+    def uploaded_arrays(self) -> dict[str, torch.Tensor]:
+        """Every array that leaves the client, by its name in the reply (the audit of
+        ``experiment.save_uploads`` keeps exactly these)."""
+        delta = self.control_delta or {}
+        prefixed = {f"{CONTROL_DELTA_PREFIX}{name}": value for name, value in delta.items()}
+        return {**self.helper_state, **prefixed}
 
     def to_content(self) -> RecordDict:
         return RecordDict(
             {
-                "arrays": ArrayRecord(self.helper_state),
+                "arrays": ArrayRecord(self.uploaded_arrays()),
                 "metrics": MetricRecord(self.report.to_metrics()),
             }
         )
 
     @classmethod
     def from_content(cls, content: RecordDict) -> RoundReply:
+        arrays = content.array_records["arrays"].to_torch_state_dict()
+        delta = {
+            name.removeprefix(CONTROL_DELTA_PREFIX): arrays.pop(name)
+            for name in list(arrays)
+            if name.startswith(CONTROL_DELTA_PREFIX)
+        }
         return cls(
-            helper_state=content.array_records["arrays"].to_torch_state_dict(),
+            helper_state=arrays,
             report=ClientReport.from_metrics(content.metric_records["metrics"]),
+            control_delta=delta or None,
         )

@@ -5,6 +5,9 @@
 3. On query rounds: ``strategy.fit`` then ``strategy.select``; the oracle labels the
    picks; the pool and ledger grow.
 4. Return the helper's weights (trained *before* this round's query) and metrics.
+
+With SCAFFOLD (Karimireddy et al. 2020, Algorithm 1) step 2 corrects every gradient by
+c - c_i and step 4 also returns the control update delta c_i (option II, line 12).
 """
 
 from __future__ import annotations
@@ -66,6 +69,59 @@ def check_selection(picks: np.ndarray, budget: int, pool_size: int, name: str) -
 
 
 @dataclass(frozen=True)
+class ControlVariates:
+    """SCAFFOLD's control variates for one client round, by trainable weight name: the
+    server's c (as received) and this client's c_i (zeros before its first round)."""
+
+    server: dict[str, torch.Tensor]
+    client: dict[str, torch.Tensor]
+
+    def correction(self, model: torch.nn.Module) -> list[torch.Tensor]:
+        """c - c_i for each trainable parameter of ``model``, in ``parameters()`` order
+        (Algorithm 1, line 10)."""
+        return [
+            self.server[name] - self.client[name]
+            for name, parameter in model.named_parameters()
+            if parameter.requires_grad
+        ]
+
+
+def zero_control(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A control variate of zeros for every trainable weight of ``model`` (on the CPU)."""
+    return {
+        name: torch.zeros_like(parameter, device="cpu")
+        for name, parameter in model.named_parameters()
+        if parameter.requires_grad
+    }
+
+
+def control_delta(
+    control: ControlVariates,
+    start: dict[str, torch.Tensor],
+    trained: dict[str, torch.Tensor],
+    steps: int,
+    lr: float,
+) -> dict[str, torch.Tensor]:
+    """delta c_i = c_i+ - c_i with option II of Algorithm 1 (line 12),
+    c_i+ = c_i - c + (x - y_i) / (K eta_l), i.e. delta c_i = (x - y_i) / (K eta_l) - c:
+    ``start`` is x (the global weights received), ``trained`` is y_i after ``steps`` = K
+    optimiser steps at learning rate ``lr`` = eta_l. Without a step (K = 0) y_i = x
+    and c_i stays as it was (delta c_i = 0)."""
+    if steps == 0:
+        return {name: torch.zeros_like(value) for name, value in control.client.items()}
+    return {
+        name: (start[name] - trained[name]) / (steps * lr) - c for name, c in control.server.items()
+    }
+
+
+def next_client_control(
+    client: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """c_i+ = c_i + delta c_i: what the client keeps for its next round (line 12)."""
+    return {name: value + delta[name] for name, value in client.items()}
+
+
+@dataclass(frozen=True)
 class HelperTraining:
     """The trained helper and what training it took."""
 
@@ -90,9 +146,11 @@ def train_helper(
     candidates: SampleView,
     device: torch.device,
     generator: torch.Generator,
+    control: ControlVariates | None = None,
 ) -> HelperTraining:
-    """Steps 2-3: supervised training on labelled data (FedProx term if configured), then
-    the optional confident-pseudo-label fine-tuning on candidates (never protected data)."""
+    """Steps 2-3: supervised training on labelled data (FedProx term if configured,
+    SCAFFOLD's gradient correction c - c_i with ``control``), then the optional
+    confident-pseudo-label fine-tuning on candidates (never protected data)."""
     proximal_mu = (
         config.federation.proximal_mu if config.federation.aggregation == "fedprox" else 0.0
     )
@@ -105,6 +163,7 @@ def train_helper(
         generator,
         proximal_mu=proximal_mu,
         after_step=ema.update if ema else None,
+        gradient_correction=control.correction(helper) if control is not None else None,
     )
     confident = 0
     if ema is not None:
@@ -169,11 +228,14 @@ def run_client_round(
     server_round: int,
     device: torch.device,
     ledger_from: int = 0,
+    control: ControlVariates | None = None,
 ) -> RoundReply:
     """Train the helper, then (on query rounds) select, label and grow the pool.
 
     The report carries the ledger entries from position ``ledger_from`` on (those not yet
-    reported, e.g. the initial labels of round 0 plus this round's).
+    reported, e.g. the initial labels of round 0 plus this round's). With SCAFFOLD's
+    ``control`` the helper trains with the corrected gradients and the reply carries
+    delta c_i (:func:`control_delta`, from the labelled data's training only).
     """
     seed = round_seed(config, pool.client, server_round)
     torch.manual_seed(seed)
@@ -185,10 +247,15 @@ def run_client_round(
     labelled = SampleView(dataset.train_x, pool.labelled, spec, pool.labels)
     candidates = SampleView(dataset.train_x, pool.candidates, spec)
 
-    training = train_helper(config, helper, labelled, candidates, device, generator)
+    training = train_helper(config, helper, labelled, candidates, device, generator, control)
     helper_state = {
         name: value.detach().cpu().clone() for name, value in helper.state_dict().items()
     }
+    delta = None
+    if control is not None:
+        delta = control_delta(
+            control, global_state, helper_state, training.stats.steps, config.training.lr
+        )
 
     budget = query_budget(config, pool, server_round)
     outcome = QueryOutcome(np.empty(0, dtype=np.int64), 0.0, 0.0)
@@ -212,4 +279,4 @@ def run_client_round(
         pool.add_labels(chosen, make_oracle(config, dataset, pool).label(chosen), server_round)
 
     report = round_report(dataset, pool, training, outcome, budget, len(candidates), ledger_from)
-    return RoundReply(helper_state=helper_state, report=report)
+    return RoundReply(helper_state=helper_state, report=report, control_delta=delta)

@@ -1,7 +1,8 @@
 """Persist a client's active-learning state in Flower's ``context.state`` between rounds.
 
 Stored: the pool (shard, protected mask, labelled set, the labels the oracle returned,
-the ledger), the query strategy's private state, and bookkeeping (rounds seen, ledger
+the ledger), the query strategy's private state, SCAFFOLD's client control variate c_i
+(only with ``federation.aggregation = "scaffold"``), and bookkeeping (rounds seen, ledger
 entries reported, noisy examples appended). Random state needs no storage: every round's
 generators are derived from (seed, client, round).
 """
@@ -21,6 +22,8 @@ from fedal.pool import ClientPool
 POOL_KEY = "fedal.pool"
 STRATEGY_KEY = "fedal.strategy"
 BOOK_KEY = "fedal.book"
+CONTROL_KEY = "fedal.control"
+ARRAY_SECTIONS = (POOL_KEY, STRATEGY_KEY, CONTROL_KEY)
 
 
 @dataclass
@@ -50,9 +53,9 @@ def load_pool(state: RecordDict, client: int) -> ClientPool | None:
     return ClientPool.from_arrays(client, _arrays(state.array_records[POOL_KEY]))
 
 
-def save_strategy_state(state: RecordDict, tensors: Mapping[str, torch.Tensor]) -> None:
-    """Store a strategy's ``state_dict`` (may be empty)."""
-    state[STRATEGY_KEY] = ArrayRecord(
+def save_tensors(state: RecordDict, key: str, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Store named tensors under ``key``."""
+    state[key] = ArrayRecord(
         {
             name: Array(tensor.detach().cpu().contiguous().numpy())
             for name, tensor in tensors.items()
@@ -60,12 +63,33 @@ def save_strategy_state(state: RecordDict, tensors: Mapping[str, torch.Tensor]) 
     )
 
 
+def load_tensors(state: RecordDict, key: str) -> dict[str, torch.Tensor]:
+    """The named tensors stored under ``key`` (empty when there are none)."""
+    if key not in state:
+        return {}
+    stored = _arrays(state.array_records[key])
+    return {name: torch.from_numpy(array.copy()) for name, array in stored.items()}
+
+
+def save_strategy_state(state: RecordDict, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Store a strategy's ``state_dict`` (may be empty)."""
+    save_tensors(state, STRATEGY_KEY, tensors)
+
+
 def load_strategy_state(state: RecordDict) -> dict[str, torch.Tensor]:
     """The stored strategy state (empty on the first round)."""
-    if STRATEGY_KEY not in state:
-        return {}
-    stored = _arrays(state.array_records[STRATEGY_KEY])
-    return {name: torch.from_numpy(array.copy()) for name, array in stored.items()}
+    return load_tensors(state, STRATEGY_KEY)
+
+
+def save_control(state: RecordDict, control: Mapping[str, torch.Tensor]) -> None:
+    """Store SCAFFOLD's client control variate c_i."""
+    save_tensors(state, CONTROL_KEY, control)
+
+
+def load_control(state: RecordDict) -> dict[str, torch.Tensor] | None:
+    """The stored client control variate c_i (None before the client's first SCAFFOLD
+    round: c_i starts at zero)."""
+    return load_tensors(state, CONTROL_KEY) if CONTROL_KEY in state else None
 
 
 def load_book(state: RecordDict) -> Book:
@@ -82,11 +106,9 @@ def save_book(state: RecordDict, book: Book) -> None:
 
 
 def export_state(state: RecordDict) -> dict[str, dict[str, np.ndarray]]:
-    """The stored pool, strategy state and bookkeeping as named sections of arrays
-    (for :func:`fedal.checkpoint.save_client_checkpoint`)."""
-    sections = {
-        key: _arrays(state.array_records[key]) for key in (POOL_KEY, STRATEGY_KEY) if key in state
-    }
+    """The stored pool, strategy state, control variate and bookkeeping as named sections
+    of arrays (for :func:`fedal.checkpoint.save_client_checkpoint`)."""
+    sections = {key: _arrays(state.array_records[key]) for key in ARRAY_SECTIONS if key in state}
     sections[BOOK_KEY] = {
         name: np.asarray(value) for name, value in asdict(load_book(state)).items()
     }
@@ -95,7 +117,7 @@ def export_state(state: RecordDict) -> dict[str, dict[str, np.ndarray]]:
 
 def import_state(state: RecordDict, sections: Mapping[str, Mapping[str, np.ndarray]]) -> None:
     """Put what :func:`export_state` returned back into ``state``."""
-    for key in (POOL_KEY, STRATEGY_KEY):
+    for key in ARRAY_SECTIONS:
         if key in sections:
             arrays = sections[key].items()
             state[key] = ArrayRecord({name: Array(np.ascontiguousarray(v)) for name, v in arrays})

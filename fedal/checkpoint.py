@@ -4,10 +4,11 @@ In the run directory's ``checkpoints/`` (file names: :class:`fedal.rundir.RunDir
 
 - ``server.npz``: the global task-model arrays after the last recorded round, that round,
   how many ledger rows the run directory held then, and the server optimizer's state
-  (FedAvgM's momentum, FedAdam / FedYogi / FedAdagrad's moments). Rewritten after every
-  round.
+  (FedAvgM's momentum, FedAdam / FedYogi / FedAdagrad's moments, SCAFFOLD's control
+  variate c as section ``optimizer.control``). Rewritten after every round.
 - ``client-<k>-round-<r>.npz``: client ``k``'s state after it trained in round ``r``
-  (pool, strategy state, bookkeeping), as named sections of arrays. The two newest per
+  (pool, strategy state, SCAFFOLD's control variate c_i, bookkeeping), as named sections
+  of arrays. The two newest per
   client are kept: the server records round ``r - 1`` before any client trains in round
   ``r``, so a resume from the server's round always finds a client file at or before it.
 
@@ -46,7 +47,8 @@ class ServerCheckpoint:
     ledger_rows: int
     arrays: dict[str, np.ndarray]
     momentum: list[np.ndarray]  # FedAvgM's server momentum (empty otherwise)
-    # FedOpt's moment estimates by name (m_t, v_t), each by array name (empty otherwise)
+    # FedOpt's moment estimates by name (m_t, v_t) or SCAFFOLD's control variate
+    # (control), each by array name (empty otherwise)
     optimizer: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 

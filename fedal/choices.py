@@ -22,4 +22,6 @@ Optimizer = Literal["sgd", "adam"]
 Schedule = Literal["constant", "cosine"]
 ScoringModel = Literal["helper", "global"]
 PrivateData = Literal["candidates", "all"]
-Aggregation = Literal["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"]
+Aggregation = Literal[
+    "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "scaffold"
+]

@@ -7,7 +7,7 @@ with the standard crop (pad 4) + horizontal-flip augmentation for 32x32 colour i
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import get_args
 
@@ -99,12 +99,19 @@ def train_supervised(
     generator: torch.Generator,
     proximal_mu: float = 0.0,
     after_step: Callable[[], None] | None = None,
+    gradient_correction: Sequence[torch.Tensor] | None = None,
 ) -> TrainStats:
     """Minimise cross-entropy (PSL eq. 1) on the labelled ``view`` for ``settings.epochs``.
 
     With ``proximal_mu > 0`` the FedProx proximal term mu/2 * ||w - w_start||^2 is added
     (Li et al. 2020, eq. 2), anchoring the weights to those the round started from.
     ``after_step`` runs after every optimiser step (e.g. an EMA update).
+
+    ``gradient_correction``: one tensor per trainable parameter (in ``model.parameters()``
+    order), added to that parameter's gradient after every backward pass and before the
+    optimiser step: SCAFFOLD's local update y <- y - eta_l (g_i(y) + c - c_i)
+    (Karimireddy et al. 2020, Algorithm 1, line 10) with the correction c - c_i. Without
+    it (``None``) the gradients are left untouched.
     """
     started = time.perf_counter()
     if len(view) == 0 or settings.epochs == 0:
@@ -114,6 +121,19 @@ def train_supervised(
     steps_per_epoch = -(-len(view) // settings.batch_size)
     schedule = make_schedule(optimizer, settings, steps_per_epoch * settings.epochs)
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
+    corrected: list[tuple[nn.Parameter, torch.Tensor]] = []
+    if gradient_correction is not None:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        for p, c in zip(trainable, gradient_correction, strict=True):
+            if tuple(c.shape) != tuple(p.shape):
+                raise ValueError(
+                    f"gradient correction of shape {tuple(c.shape)} for a "
+                    f"parameter of shape {tuple(p.shape)}"
+                )
+        corrected = [
+            (p, c.to(device=p.device, dtype=p.dtype))
+            for p, c in zip(trainable, gradient_correction, strict=True)
+        ]
     total_loss, steps = 0.0, 0
     for _ in range(settings.epochs):
         for rows in epoch_batches(len(view), settings.batch_size, generator):
@@ -127,6 +147,11 @@ def train_supervised(
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            for parameter, correction in corrected:
+                if parameter.grad is None:
+                    parameter.grad = correction.clone()
+                else:
+                    parameter.grad.add_(correction)
             optimizer.step()
             schedule.step()
             if after_step is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from engine_support import TRAIN_COUNT, tiny_config, write_small_fashion_mnist
 
 from fedal.app.simulation import simulate
+from fedal.checkpoint import ServerCheckpoint
 from fedal.cli import main
 from fedal.config import ExperimentConfig
 from fedal.datasets import load_dataset
@@ -91,6 +93,7 @@ def test_same_seed_same_run_and_other_seed_differs(
     assert not np.array_equal(read_ledger(other), read_ledger(baseline))
 
 
+SCAFFOLD = ('federation.aggregation="scaffold"', "training.momentum=0")
 STRICT_VARIANTS = {
     "entropy": (),
     "psl+finetune": (
@@ -104,6 +107,7 @@ STRICT_VARIANTS = {
     "ads": ('query.strategy="ads"', "query.options.epochs=1"),
     "alfa_mix": ('query.strategy="alfa_mix"',),
     "vaal": ('query.strategy="vaal"', "query.options.epochs=1"),
+    "scaffold": SCAFFOLD,  # c and c_i derive from labelled data only
 }
 
 
@@ -259,21 +263,25 @@ def test_adaptive_optimizers_are_flowers_own_with_the_configured_settings(
     assert optimizer_state(strategy) == moments
 
 
-def test_a_resumed_fedadam_run_equals_the_uninterrupted_run(data_dir: Path, tmp_path: Path) -> None:
-    """FedAdam's moments (m_t, v_t) live on the server: they persist in server.npz, and
-    the resumed run's bias correction counts the run's rounds, not the resumed ones."""
+def assert_resume_equals_the_uninterrupted_run(
+    data_dir: Path,
+    tmp_path: Path,
+    settings: tuple[str, ...],
+    check_saved: Callable[[ServerCheckpoint], None],
+) -> None:
+    """A run of 2 rounds resumed to 3 equals the run of 3 rounds: results, ledger,
+    uploads, the task model and the server optimizer's state, bit for bit.
+    ``check_saved`` inspects the server checkpoint the resume starts from."""
     from fedal.checkpoint import load_server_checkpoint
 
-    settings = ('federation.aggregation="fedadam"', "federation.eta=0.01")
     straight = run(
         tiny_config(data_dir, tmp_path, *settings, "federation.rounds=3"), tmp_path / "straight"
     )
     interrupted = tmp_path / "interrupted"
     run(tiny_config(data_dir, tmp_path, *settings, "federation.rounds=2"), interrupted)
     saved = load_server_checkpoint(RunDirectory(interrupted))
-    assert saved.round == 2 and saved.optimizer.keys() == {"m_t", "v_t"}
-    assert saved.optimizer["m_t"].keys() == saved.arrays.keys()
-    assert any(np.any(moment != 0) for moment in saved.optimizer["v_t"].values())
+    assert saved.round == 2
+    check_saved(saved)
 
     assert main(["resume", str(interrupted), "--rounds", "3"]) == 0
 
@@ -289,9 +297,23 @@ def test_a_resumed_fedadam_run_equals_the_uninterrupted_run(data_dir: Path, tmp_
     assert resumed.round == uninterrupted.round == 3
     for name, array in uninterrupted.arrays.items():  # the task model, bit for bit
         assert np.array_equal(resumed.arrays[name], array), name
+    assert resumed.optimizer.keys() == uninterrupted.optimizer.keys()
     for moment, arrays in uninterrupted.optimizer.items():
         for name, array in arrays.items():
             assert np.array_equal(resumed.optimizer[moment][name], array), f"{moment}:{name}"
+
+
+def test_a_resumed_fedadam_run_equals_the_uninterrupted_run(data_dir: Path, tmp_path: Path) -> None:
+    """FedAdam's moments (m_t, v_t) live on the server: they persist in server.npz, and
+    the resumed run's bias correction counts the run's rounds, not the resumed ones."""
+
+    def moments_saved(saved: ServerCheckpoint) -> None:
+        assert saved.optimizer.keys() == {"m_t", "v_t"}
+        assert saved.optimizer["m_t"].keys() == saved.arrays.keys()
+        assert any(np.any(moment != 0) for moment in saved.optimizer["v_t"].values())
+
+    settings = ('federation.aggregation="fedadam"', "federation.eta=0.01")
+    assert_resume_equals_the_uninterrupted_run(data_dir, tmp_path, settings, moments_saved)
 
 
 def test_a_lost_reply_is_recorded_and_its_labels_still_reach_the_ledger(
@@ -353,3 +375,39 @@ def test_a_lost_reply_is_recorded_and_its_labels_still_reach_the_ledger(
         own = load_client_checkpoint(run, client, 3)[POOL_KEY]["ledger"]
         assert np.array_equal(ledger[ledger[:, 0] == client], own), f"client {client}"
     assert set(ledger[ledger[:, 0] == 1, 1].tolist()) == {0, 1, 2, 3}  # round 2's labels too
+
+
+def test_a_scaffold_run_keeps_c_and_a_resumed_one_equals_the_uninterrupted_run(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """SCAFFOLD with 2 of 3 clients a round: the server's c persists in server.npz, each
+    client's c_i in its own checkpoint (a client left out of a round keeps its c_i), and
+    every upload's audit holds delta c_i next to the helper's weights."""
+    from clients.state import CONTROL_KEY
+    from fedal.checkpoint import load_client_checkpoint
+    from fedal.models import build_model
+
+    trainable = {
+        name
+        for name, p in build_model(
+            "cnn", in_channels=1, num_classes=10, image_size=(28, 28)
+        ).named_parameters()
+    }
+
+    def control_saved(saved: ServerCheckpoint) -> None:
+        assert saved.optimizer.keys() == {"control"}
+        control = saved.optimizer["control"]
+        assert control.keys() == trainable and control.keys() < saved.arrays.keys()
+        assert any(np.any(value != 0) for value in control.values())
+        run_dir = RunDirectory(tmp_path / "interrupted")
+        rounds = run_dir.read_rounds()
+        assert [len(row["clients"]) for row in rounds[1:]] == [2, 2]
+        for client in range(3):
+            state = load_client_checkpoint(run_dir, client, 2)
+            if state is not None:  # a client that trained keeps its c_i
+                assert state[CONTROL_KEY].keys() == trainable
+        for arrays in uploads(run_dir.path).values():
+            assert {f"delta-c/{name}" for name in trainable} < arrays.keys()
+
+    settings = (*SCAFFOLD, "federation.fraction_train=0.67")
+    assert_resume_equals_the_uninterrupted_run(data_dir, tmp_path, settings, control_saved)

@@ -33,10 +33,38 @@ def check_strategy(config: ExperimentConfig) -> None:
         )
 
 
+def check_aggregation(config: ExperimentConfig) -> None:
+    """SCAFFOLD's option II (Karimireddy et al. 2020, Algorithm 1, line 12) recovers the
+    clients' mean corrected gradient from (x - y_i) / (K eta_l), which holds only for K
+    plain SGD steps at the constant rate eta_l on the supervised loss: refuse anything
+    else in one line."""
+    if config.federation.aggregation != "scaffold":
+        return
+    training = config.training
+    refusals = [
+        (training.optimizer != "sgd", f"training.optimizer: {training.optimizer!r}", "'sgd'"),
+        (training.momentum > 0, f"training.momentum: {training.momentum}", "0"),
+        (
+            training.schedule != "constant",
+            f"training.schedule: {training.schedule!r}",
+            "'constant'",
+        ),
+        (training.finetune, "training.finetune: true", "false"),
+    ]
+    for refused, setting, allowed in refusals:
+        if refused:
+            raise ConfigError(
+                f"{setting} is not allowed with federation.aggregation 'scaffold' (its "
+                f"control variates assume plain SGD steps at a constant rate); allowed: {allowed}"
+            )
+
+
 def checked_config(config: ExperimentConfig) -> ExperimentConfig:
-    """``config`` once its strategy's name and options passed (the edge check of
-    ``fedal run`` and of the ServerApp under ``flwr run``)."""
+    """``config`` once its strategy's name and options and its aggregation's training
+    settings passed (the edge check of ``fedal run`` and of the ServerApp under
+    ``flwr run``)."""
     check_strategy(config)
+    check_aggregation(config)
     return config
 
 
@@ -44,6 +72,7 @@ def preflight(config: ExperimentConfig) -> dict[str, Any]:
     """Validate strategy, model and partition against the data; return the partition
     summary."""
     check_strategy(config)
+    check_aggregation(config)
     data = config.data
     check_against_dataset(
         config, load_dataset(data.dataset, data.data_dir or None, config.experiment.seed)

@@ -1,4 +1,5 @@
-"""Flower ``ServerApp``: Flower's FedAvg (or FedProx / FedAvgM) over the clients' helpers,
+"""Flower ``ServerApp``: Flower's FedAvg (or FedProx / FedAvgM / FedOpt, or SCAFFOLD on
+Flower's FedAvg base) over the clients' helpers,
 central evaluation of the task model on the test set at round 0 and after every round,
 and the per-round results writer.
 
@@ -23,6 +24,7 @@ from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedPro
 from flwr.serverapp.strategy.fedopt import FedOpt
 
 from clients.protocol import RoundReply, RoundTask
+from clients.round import zero_control
 from fedal.app.participation import Participation, wait_for_clients
 from fedal.app.preflight import checked_config
 from fedal.app.progress import RoundProgress
@@ -87,7 +89,7 @@ class RoundReports:
         for reply in replies:
             report = reply.report
             if self.save_uploads:
-                arrays = {name: t.cpu().numpy() for name, t in reply.helper_state.items()}
+                arrays = {name: t.cpu().numpy() for name, t in reply.uploaded_arrays().items()}
                 self.run.save_upload(server_round, report.client, arrays)
             if report.budget_short and report.client not in self.short_clients:
                 self.short_clients.add(report.client)
@@ -141,8 +143,14 @@ def strict_and_ordered(strategy_class: type[Strategy]) -> type[Strategy]:
         ) -> Iterable[Message]:
             absolute = self.rounds_before + server_round
             ordered = self.participation.grid_for_round(grid, absolute)
-            task = self.task(absolute).to_config_record()
-            messages = list(super().configure_train(server_round, arrays, task, ordered))
+            task = self.task(absolute)
+            messages = list(
+                super().configure_train(server_round, arrays, task.to_config_record(), ordered)
+            )
+            extra = task.to_array_records()  # SCAFFOLD's control variate c (none otherwise)
+            for message in messages:
+                for key, record in extra.items():
+                    message.content[key] = record
             self.drawn = [message.metadata.dst_node_id for message in messages]
             return messages
 
@@ -186,6 +194,96 @@ def strict_and_ordered(strategy_class: type[Strategy]) -> type[Strategy]:
     return StrictOrdered
 
 
+ArrayDict = dict[str, np.ndarray]
+
+
+def scaffold_aggregate(
+    global_arrays: ArrayDict,
+    control: ArrayDict,
+    helpers: list[ArrayDict],
+    deltas: list[ArrayDict],
+    server_lr: float,
+    num_clients: int,
+) -> tuple[ArrayDict, ArrayDict]:
+    """SCAFFOLD's server update (Karimireddy et al. 2020, Algorithm 1, lines 16-17):
+    x <- x + eta_g * mean_k(y_k - x) over the replying clients S, and
+    c <- c + (|S| / N) * mean_k(delta c_k) = c + sum_k(delta c_k) / N.
+
+    The mean is the paper's plain mean over the clients, not weighted by their number
+    of labels. Sums run in float64 in the given (client) order; each result keeps the
+    dtype of the array it updates, so the global model stays float32.
+    """
+    count = len(helpers)
+    arrays = {}
+    for name, old in global_arrays.items():
+        start = old.astype(np.float64)
+        step = sum(helper[name].astype(np.float64) - start for helper in helpers) / count
+        arrays[name] = np.asarray(start + server_lr * step).astype(old.dtype)
+    updated = {}
+    for name, old in control.items():
+        total = sum(delta[name].astype(np.float64) for delta in deltas)
+        updated[name] = np.asarray(old.astype(np.float64) + total / num_clients).astype(old.dtype)
+    return arrays, updated
+
+
+class Scaffold(FedAvg):
+    """SCAFFOLD (Karimireddy et al. 2020, Algorithm 1, option II) on Flower's FedAvg.
+
+    ``control`` is the server control variate c by trainable weight name (zeros at the
+    start, :func:`start_control`; restored on resume from ``ServerCheckpoint.optimizer``).
+    It travels to the clients with every train message (:class:`RoundTask`'s ``control``);
+    replies carry y_k and delta c_k (:class:`RoundReply`), aggregated by
+    :func:`scaffold_aggregate` with ``server_learning_rate`` = eta_g over N =
+    ``num_clients``.
+    """
+
+    def __init__(
+        self, *args: Any, server_learning_rate: float, num_clients: int, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.server_learning_rate = server_learning_rate
+        self.num_clients = num_clients
+        self.control: ArrayDict = {}
+        self.current_arrays: ArrayRecord | None = None
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.current_arrays = arrays  # x, the global model this round starts from
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        if not valid or self.current_arrays is None:
+            return None, None
+        contents = [reply.content for reply in valid]
+        parsed = [RoundReply.from_content(content) for content in contents]
+        if any(reply.control_delta is None for reply in parsed):
+            raise ClientRoundError(f"round {server_round}: a SCAFFOLD reply lacks delta c_i")
+        arrays, self.control = scaffold_aggregate(
+            {name: self.current_arrays[name].numpy() for name in self.current_arrays},
+            self.control,
+            [{name: t.numpy() for name, t in reply.helper_state.items()} for reply in parsed],
+            [
+                {name: t.numpy() for name, t in (reply.control_delta or {}).items()}
+                for reply in parsed
+            ],
+            self.server_learning_rate,
+            self.num_clients,
+        )
+        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        return ArrayRecord({name: Array(value) for name, value in arrays.items()}), metrics
+
+
+def start_control(strategy: FedAvg, model: torch.nn.Module) -> None:
+    """SCAFFOLD's server control variate c = 0, one array per trainable weight of
+    ``model`` (Algorithm 1, line 1); nothing for the other strategies."""
+    if isinstance(strategy, Scaffold):
+        strategy.control = {name: value.numpy() for name, value in zero_control(model).items()}
+
+
 def aggregation_strategy(
     config: ExperimentConfig,
     reports: RoundReports,
@@ -193,9 +291,9 @@ def aggregation_strategy(
     resumed_after: int | None = None,
     ledger_known: Callable[[], tuple[int, ...]] | None = None,
 ) -> FedAvg:
-    """Flower's built-in FedAvg / FedProx / FedAvgM / FedAdam / FedYogi / FedAdagrad as
-    configured, whose first round is the run's round ``first_round`` (later than 1 when
-    resuming).
+    """Flower's built-in FedAvg / FedProx / FedAvgM / FedAdam / FedYogi / FedAdagrad, or
+    :class:`Scaffold` on Flower's FedAvg (``server_lr`` = eta_g), as configured, whose
+    first round is the run's round ``first_round`` (later than 1 when resuming).
 
     The adaptive optimizers (Reddi et al., FedOpt) take ``federation.eta``, ``tau`` and
     (FedAdam, FedYogi) ``beta_1`` / ``beta_2``; Flower's ``eta_l`` is only reported by
@@ -231,16 +329,43 @@ def aggregation_strategy(
             **adaptive, beta_1=fed.beta_1, beta_2=fed.beta_2, **common
         ),
         "fedadagrad": lambda: strict_and_ordered(FedAdagrad)(**adaptive, **common),
+        "scaffold": lambda: scaffold_strategy(config, common, resumed_after, known),
     }
     return builders[fed.aggregation]()
+
+
+def scaffold_strategy(
+    config: ExperimentConfig,
+    common: dict[str, Any],
+    resumed_after: int | None,
+    known: Callable[[], tuple[int, ...]],
+) -> FedAvg:
+    """:class:`Scaffold` whose round tasks carry its current control variate c."""
+    strategy: Scaffold = strict_and_ordered(Scaffold)(
+        **{
+            **common,
+            "task": lambda server_round: RoundTask(
+                server_round, config, resumed_after, known(), control=strategy.control
+            ),
+        },
+        server_learning_rate=config.federation.server_lr,
+        num_clients=config.data.num_clients,
+    )
+    return strategy
 
 
 OPTIMIZER_MOMENTS = ("m_t", "v_t")  # FedOpt's first and second moment estimates
 
 
+SCAFFOLD_CONTROL = "control"  # SCAFFOLD's server control variate c
+
+
 def optimizer_state(strategy: FedAvg) -> dict[str, dict[str, np.ndarray]]:
-    """The adaptive optimizer's moment estimates (by moment, then array name); empty
-    for the other strategies and before the first aggregation."""
+    """The adaptive optimizer's moment estimates (by moment, then array name), or
+    SCAFFOLD's control variate c (under ``control``); empty for the other strategies and
+    before the first aggregation."""
+    if isinstance(strategy, Scaffold):
+        return {SCAFFOLD_CONTROL: dict(strategy.control)} if strategy.control else {}
     if not isinstance(strategy, FedOpt):
         return {}
     moments = {name: getattr(strategy, name) for name in OPTIMIZER_MOMENTS}
@@ -248,7 +373,10 @@ def optimizer_state(strategy: FedAvg) -> dict[str, dict[str, np.ndarray]]:
 
 
 def restore_optimizer_state(strategy: FedAvg, state: dict[str, dict[str, np.ndarray]]) -> None:
-    """Give a resumed strategy the server-side state it had: FedOpt's moments."""
+    """Give a resumed strategy the server-side state it had: FedOpt's moments, SCAFFOLD's
+    control variate."""
+    if isinstance(strategy, Scaffold) and state.get(SCAFFOLD_CONTROL):
+        strategy.control = dict(state[SCAFFOLD_CONTROL])
     if isinstance(strategy, FedOpt):
         for name in OPTIMIZER_MOMENTS:
             if state.get(name):
@@ -270,8 +398,9 @@ def serve(grid: Grid, config: ExperimentConfig) -> dict[str, Any]:
 
     The run directory is ``experiment.run_dir`` (the clients checkpoint there too). With
     ``experiment.resume`` the run continues from its checkpoint (the model, FedAvgM's
-    momentum, the results so far) up to ``federation.rounds``, after the resume rule
-    (:func:`fedal.resume.check_resume`) accepted the config.
+    momentum, FedOpt's moments, SCAFFOLD's control variate, the results so far) up to
+    ``federation.rounds``, after the resume rule (:func:`fedal.resume.check_resume`)
+    accepted the config.
     """
     run = RunDirectory(Path(config.experiment.run_dir))
     with run.lock():
@@ -318,6 +447,7 @@ def _serve_locked(grid: Grid, config: ExperimentConfig, run: RunDirectory) -> di
     )
     if resumed and resumed.momentum and isinstance(strategy, FedAvgM):
         strategy.momentum_vector = resumed.momentum
+    start_control(strategy, model)
     if resumed:
         restore_optimizer_state(strategy, resumed.optimizer)
 
