@@ -184,8 +184,9 @@ class RoundReply:
             for name in list(arrays)
             if name.startswith(CONTROL_DELTA_PREFIX)
         }
-        return cls(
-            helper_state=arrays,
-            report=ClientReport.from_metrics(content.metric_records["metrics"]),
-            control_delta=delta or None,
-        )
+        return cls(helper_state=arrays, report=cls.report_in(content), control_delta=delta or None)
+
+    @staticmethod
+    def report_in(content: RecordDict) -> ClientReport:
+        """Only the report of a reply, without converting its arrays."""
+        return ClientReport.from_metrics(content.metric_records["metrics"])

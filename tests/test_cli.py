@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from pathlib import Path
 
 import pytest
+import ray
 import torch
 from engine_support import client_report
 
@@ -237,10 +237,9 @@ def test_resume_refuses_results_shorter_than_the_checkpoint(
 def test_input_errors_stop_before_ray_with_one_line(
     arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    started = time.perf_counter()
     assert main(["run", DEMO, *arguments]) == 2
     assert message in _one_error_line(capsys)
-    assert time.perf_counter() - started < 60  # no federation ran
+    assert not ray.is_initialized()  # stopped before Ray (and any federation) started
 
 
 def test_a_run_without_a_gpu_refuses_gpu_clients(capsys: pytest.CaptureFixture[str]) -> None:

@@ -59,8 +59,7 @@ class ClientRoundError(RuntimeError):
 
 def train_totals(records: list[RecordDict], weighting_key: str) -> MetricRecord:
     """``train_metrics_aggr_fn``: the round's label sums and mean train loss."""
-    reports = [RoundReply.from_content(record).report for record in records]
-    return MetricRecord(round_totals(reports))
+    return MetricRecord(round_totals([RoundReply.report_in(record) for record in records]))
 
 
 class RoundReports:
