@@ -22,6 +22,7 @@ from clients.protocol import (
     CLIENT_ID_ACTION,
     ClientIdAnswer,
     ClientIdQuery,
+    RoundReply,
     RoundTask,
 )
 from clients.round import ControlVariates, next_client_control, run_client_round
@@ -38,7 +39,7 @@ from clients.state import (
     save_pool,
     save_strategy_state,
 )
-from fedal.checkpoint import load_client_checkpoint, save_client_checkpoint
+from fedal.checkpoint import load_client_checkpoint, newest_client_round, save_client_checkpoint
 from fedal.corruptions import experiment_data
 from fedal.rundir import RunDirectory
 from fedal.shards import load_experiment
@@ -81,11 +82,35 @@ def train(msg: Message, context: Context) -> Message:
     config, server_round = task.config, task.server_round
     client = partition_of(context, config.data.num_clients)
     run = RunDirectory(Path(config.experiment.run_dir))
-    if task.resumed_after is not None and POOL_KEY not in context.state:
-        # files of rounds after the server's checkpoint belong to the interrupted run
-        restored = load_client_checkpoint(run, client, task.resumed_after)
-        if restored is not None:
-            import_state(context.state, restored)
+    with run.client_lock(client):
+        restore_newest_state(context, run, client, server_round)
+        reply = train_one_round(msg, context, task, client, run)
+    return Message(content=reply.to_content(), reply_to=msg)
+
+
+def restore_newest_state(
+    context: Context, run: RunDirectory, client: int, server_round: int
+) -> None:
+    """Continue from the newest of the state this process holds and the state the client
+    saved to disk before ``server_round``: on disk is newer when the run was resumed (a
+    new process holds nothing) or when a round whose reply came too late finished after
+    this task's context was read (its labels are in that file, and its next reply
+    reports them)."""
+    saved = newest_client_round(run, client, server_round - 1)
+    held = load_book(context.state).round if POOL_KEY in context.state else None
+    if saved is None or (held is not None and saved <= held):
+        return
+    restored = load_client_checkpoint(run, client, saved)
+    if restored is not None:
+        import_state(context.state, restored)
+
+
+def train_one_round(
+    msg: Message, context: Context, task: RoundTask, client: int, run: RunDirectory
+) -> RoundReply:
+    """Train, query and store the new state (in ``context.state``, and on disk with
+    ``experiment.checkpoint``)."""
+    config, server_round = task.config, task.server_round
     book = load_book(context.state)
     pool = load_pool(context.state, client)
     if pool is None:  # first round: partition once, then the pool lives in the state
@@ -120,7 +145,8 @@ def train(msg: Message, context: Context) -> Message:
         save_control(context.state, next_client_control(control.client, reply.control_delta))
     save_pool(context.state, pool)
     save_strategy_state(context.state, strategy.state_dict())
+    book.round = server_round
     save_book(context.state, book)
     if config.experiment.checkpoint:
         save_client_checkpoint(run, client, server_round, export_state(context.state))
-    return Message(content=reply.to_content(), reply_to=msg)
+    return reply

@@ -45,7 +45,6 @@ CLIENT_ID_ACTION = "client_id"
 CLIENT_ID_QUERY = f"{MessageType.QUERY}.{CLIENT_ID_ACTION}"
 _ROUND_KEY = "fedal-round"
 _CONFIG_KEY = "fedal-config"
-_RESUMED_KEY = "fedal-resumed-after"
 _LEDGER_KEY = "fedal-ledger-known"
 CONTROL_KEY = "fedal-control"  # SCAFFOLD's server control variate c in a train message
 CONTROL_DELTA_PREFIX = "delta-c/"  # SCAFFOLD's delta c_i in a reply's ArrayRecord
@@ -98,9 +97,7 @@ class ClientIdAnswer:
 class RoundTask:
     """One training round for one client.
 
-    ``resumed_after``: in a resumed run, the last round of the checkpoint it continues
-    (a client restores its state from that round, never from a later file of the
-    interrupted run); ``None`` otherwise. ``ledger_known[k]``: how many of client k's
+    ``ledger_known[k]``: how many of client k's
     ledger entries the run has recorded; a client reports every entry after those, so
     the labels of a round whose reply was lost (a failure, a timeout) reach the ledger
     with its next reply. ``control``: SCAFFOLD's server control variate c by trainable
@@ -109,7 +106,6 @@ class RoundTask:
 
     server_round: int
     config: ExperimentConfig
-    resumed_after: int | None = None
     ledger_known: tuple[int, ...] = ()
     control: dict[str, np.ndarray] | None = None
 
@@ -122,8 +118,6 @@ class RoundTask:
                 _LEDGER_KEY: list(self.ledger_known),
             }
         )
-        if self.resumed_after is not None:
-            record[_RESUMED_KEY] = self.resumed_after
         return record
 
     def to_array_records(self) -> dict[str, ArrayRecord]:
@@ -141,7 +135,6 @@ class RoundTask:
         return cls(
             server_round=record_int(record, _ROUND_KEY),
             config=_parse_config(str(record[_CONFIG_KEY])),
-            resumed_after=record_int(record, _RESUMED_KEY) if _RESUMED_KEY in record else None,
             ledger_known=tuple(int(count) for count in _int_list(record, _LEDGER_KEY)),
             control=None if control is None else {name: control[name].numpy() for name in control},
         )

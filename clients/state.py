@@ -28,10 +28,12 @@ ARRAY_SECTIONS = (POOL_KEY, STRATEGY_KEY, CONTROL_KEY)
 
 @dataclass
 class Book:
-    """Bookkeeping: heteroskedastic examples appended to the training set (so later
-    rounds rebuild the same dataset without re-partitioning). Which ledger entries the
-    run has recorded is the server's to say (:class:`clients.protocol.RoundTask`)."""
+    """Bookkeeping: the last round this state completed, and the heteroskedastic examples
+    appended to the training set (so later rounds rebuild the same dataset without
+    re-partitioning). Which ledger entries the run has recorded is the server's to say
+    (:class:`clients.protocol.RoundTask`)."""
 
+    round: int = 0
     total_noisy: int = 0
 
 

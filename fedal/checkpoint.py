@@ -98,11 +98,27 @@ def save_client_checkpoint(
         stale.unlink(missing_ok=True)
 
 
+def newest_client_round(run: RunDirectory, client: int, through_round: int) -> int | None:
+    """The last round at or before ``through_round`` whose state client ``client`` saved
+    (None if it had not trained by then)."""
+    rounds = [r for r, _ in run.client_checkpoint_files(client) if r <= through_round]
+    return rounds[-1] if rounds else None
+
+
 def load_client_checkpoint(run: RunDirectory, client: int, through_round: int) -> Sections | None:
     """Client ``client``'s newest state saved at or before ``through_round`` (None if the
     client had not trained by then)."""
     files = [path for r, path in run.client_checkpoint_files(client) if r <= through_round]
     return _unflatten(_read(files[-1])) if files else None
+
+
+def discard_client_checkpoints_after(run: RunDirectory, server_round: int) -> None:
+    """Delete every client file of a round after ``server_round``: when a run resumes
+    from its server checkpoint of ``server_round``, later client files belong to the
+    interrupted run (rounds the results never recorded) and must not be restored."""
+    for path in run.checkpoint_dir.glob("client-*-round-*.npz"):
+        if int(path.stem.rsplit("-", 1)[1]) > server_round:
+            path.unlink()
 
 
 def _flatten(sections: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:

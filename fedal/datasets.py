@@ -140,7 +140,7 @@ def _idx_files(class_name: str, directory: Path) -> tuple[Path, ...] | None:
     return tuple(found)
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
     """Where fedal keeps converted arrays: ``$FEDAL_CACHE_DIR`` or ``~/.cache/fedal``."""
     return Path(os.environ.get("FEDAL_CACHE_DIR") or Path.home() / ".cache" / "fedal")
 
@@ -158,8 +158,8 @@ def _mnist_root(class_name: str, directory: Path, files: tuple[Path, ...]) -> It
     if all(path.parent == raw and path.suffix != ".gz" for path in files):
         yield directory
         return
-    _cache_root().mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{class_name}-", dir=_cache_root()) as staging:
+    cache_root().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{class_name}-", dir=cache_root()) as staging:
         target = Path(staging) / class_name / "raw"
         target.mkdir(parents=True)
         for path in files:
@@ -349,7 +349,7 @@ def _array_cache_dir(name: str, directory: Path, files: Sequence[Path]) -> Path:
     """The cache entry of ``name`` converted from ``files`` found in ``directory``."""
     stats = [(str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns) for path in files]
     key = json.dumps([CACHE_FORMAT_VERSION, name, str(directory.resolve()), stats])
-    return _cache_root() / "arrays" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    return cache_root() / "arrays" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 def _image_meta(recipe: _ImageRecipe, converted: _Converted) -> DatasetMeta:

@@ -6,43 +6,48 @@ scheme is deterministic for a seed and puts every sample in exactly one client, 
 ``shards``: its clients hold ``num_clients * shards_per_client`` equal shards, so the
 fewer than ``num_clients * shards_per_client`` samples left over after the last whole
 shard (at the end of the label-sorted order) belong to no client.
+
+A split is computed once per machine: :func:`cached_partition` keeps it in memory and on
+disk under the fedal cache directory, so Ray workers and deployment processes read the
+split the server already computed, and only a process that computes one imports
+``datasets`` and ``flwr-datasets`` (about 2 s per process).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
-from flwr_datasets.partitioner import (
-    DirichletPartitioner,
-    IidPartitioner,
-    InnerDirichletPartitioner,
-    Partitioner,
-    PathologicalPartitioner,
-    ShardPartitioner,
-    SizePartitioner,
-)
 
 from fedal.config import ConfigError, DataSection
+from fedal.datasets import cache_root
 
-datasets.disable_progress_bars()
+if TYPE_CHECKING:
+    from flwr_datasets.partitioner import Partitioner
 
-PartitionerFactory = Callable[[DataSection, np.ndarray, int], Partitioner]
+PartitionerFactory = Callable[[DataSection, np.ndarray, int], "Partitioner"]
 LABEL, CLASS_RANK, INDEX = "label", "class_rank", "index"  # the partitioned table's columns
 
 
 def _iid(data: DataSection, labels: np.ndarray, seed: int) -> Partitioner:
     """Equal-size random shards (rows are shuffled by seed before sharding)."""
+    from flwr_datasets.partitioner import IidPartitioner
+
     return IidPartitioner(num_partitions=data.num_clients)
 
 
 def _dirichlet(data: DataSection, labels: np.ndarray, seed: int) -> Partitioner:
     """Label skew: per-class client proportions drawn from Dirichlet(alpha)."""
+    from flwr_datasets.partitioner import DirichletPartitioner
+
     return DirichletPartitioner(
         num_partitions=data.num_clients,
         partition_by="label",
@@ -61,6 +66,8 @@ def _balanced_dirichlet(data: DataSection, labels: np.ndarray, seed: int) -> Par
     Partitions by the dense class rank: flwr-datasets' partitioner numbers classes
     ``0..K-1`` by the count of distinct labels, which a subset may not cover.
     """
+    from flwr_datasets.partitioner import InnerDirichletPartitioner
+
     base, extra = divmod(len(labels), data.num_clients)
     return InnerDirichletPartitioner(
         partition_sizes=[base + int(client < extra) for client in range(data.num_clients)],
@@ -76,6 +83,8 @@ def _shards(data: DataSection, labels: np.ndarray, seed: int) -> Partitioner:
     ``num_clients * shards_per_client`` equal shards and each client gets
     ``shards_per_client`` of them at random (rows are shuffled by seed first, so a shard
     holds random samples of its classes)."""
+    from flwr_datasets.partitioner import ShardPartitioner
+
     shards = data.num_clients * data.shards_per_client
     if shards > len(labels):
         raise ValueError(f"{shards} shards need at least {shards} samples")
@@ -91,6 +100,8 @@ def _shards(data: DataSection, labels: np.ndarray, seed: int) -> Partitioner:
 
 def _pathological(data: DataSection, labels: np.ndarray, seed: int) -> Partitioner:
     """Each client holds samples of ``classes_per_client`` classes only."""
+    from flwr_datasets.partitioner import PathologicalPartitioner
+
     return PathologicalPartitioner(
         num_partitions=data.num_clients,
         partition_by="label",
@@ -104,6 +115,8 @@ def _pathological(data: DataSection, labels: np.ndarray, seed: int) -> Partition
 def _quantity(data: DataSection, labels: np.ndarray, seed: int) -> Partitioner:
     """Size skew: one sample per client plus a share of the rest proportional to
     log-normal(0, quantity_sigma) draws."""
+    from flwr_datasets.partitioner import SizePartitioner
+
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
     weights = rng.lognormal(0.0, data.quantity_sigma, size=data.num_clients)
     spare = len(labels) - data.num_clients  # every client gets one sample, then its share
@@ -153,6 +166,9 @@ def split_partitioner(
 
     Raises :class:`ConfigError` when flwr-datasets rejects the settings for this data.
     """
+    import datasets
+
+    datasets.disable_progress_bars()
     if data.num_clients > len(labels):
         raise ConfigError(
             f"data.num_clients: {data.num_clients} clients but only {len(labels)} training "
@@ -253,10 +269,23 @@ def plot_label_distribution(
 
 @lru_cache(maxsize=8)
 def _cached_partition(labels_bytes: bytes, data: DataSection, seed: int) -> tuple[np.ndarray, ...]:
+    key = hashlib.sha256(labels_bytes)
+    key.update(f"{data.model_dump_json()} {seed} {version('flwr-datasets')}".encode())
+    path = cache_root() / "partitions" / f"{key.hexdigest()[:24]}.npz"
+    if path.exists():
+        with np.load(path) as stored:
+            return tuple(stored[f"arr_{k}"] for k in range(data.num_clients))
     labels = np.frombuffer(labels_bytes, dtype=np.int64)
-    return tuple(partition_indices(labels, data, seed))
+    shards = tuple(partition_indices(labels, data, seed))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as handle:
+        np.savez(handle, *shards)  # arr_0 .. arr_{N-1}, one per client
+    os.replace(handle.name, path)  # atomic: readers see no file or the whole one
+    return shards
 
 
 def cached_partition(labels: np.ndarray, data: DataSection, seed: int) -> tuple[np.ndarray, ...]:
-    """:func:`partition_indices`, computed once per process for the same inputs."""
+    """:func:`partition_indices`, computed once per machine for the same inputs (labels,
+    data section, seed, flwr-datasets version): in memory per process, on disk under the
+    fedal cache directory's ``partitions/`` for every other process."""
     return _cached_partition(np.ascontiguousarray(labels, dtype=np.int64).tobytes(), data, seed)

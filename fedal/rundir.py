@@ -150,6 +150,19 @@ class RunDirectory:
     def client_checkpoint_file(self, client: int, server_round: int) -> Path:
         return self.checkpoint_dir / f"client-{client}-round-{server_round}.npz"
 
+    @contextmanager
+    def client_lock(self, client: int) -> Iterator[None]:
+        """Hold client ``client``'s state for one round. In a simulation a round whose reply
+        came too late may still run when the client's next task starts on another worker;
+        the next round waits here until the late one has saved its state."""
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        with (self.checkpoint_dir / f"client-{client}.lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def client_checkpoint_files(self, client: int) -> list[tuple[int, Path]]:
         """``(round, path)`` of ``client``'s checkpoint files, oldest first."""
         pattern = re.compile(rf"client-{client}-round-(\d+)\.npz")

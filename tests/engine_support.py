@@ -37,24 +37,28 @@ def write_small_fashion_mnist(directory: Path, train_images: np.ndarray | None =
     return directory
 
 
+def tiny_overrides(data_dir: Path, output_dir: Path) -> list[str]:
+    """The ``--set`` values that shrink the demo to a federation that runs in seconds."""
+    return [
+        f'data.data_dir="{data_dir}"',
+        'query.private_data="candidates"',  # strict mode unless a test asks otherwise
+        "data.num_clients=3",
+        "data.initial_labels_per_client=6",
+        "query.budget_per_query=5",
+        "federation.rounds=2",
+        "training.epochs=1",
+        "training.batch_size=8",
+        f'experiment.output_dir="{output_dir}"',
+        "experiment.save_uploads=true",
+    ]
+
+
 def tiny_config(data_dir: Path, output_dir: Path, *overrides: str) -> ExperimentConfig:
     """3 clients, 2 rounds, small CNN, 1 epoch, entropy in strict mode unless the
     overrides say otherwise: a real federation that runs in seconds."""
     return load_config(
         "experiments/configs/demo.toml",
-        [
-            f'data.data_dir="{data_dir}"',
-            'query.private_data="candidates"',  # strict mode unless a test asks otherwise
-            "data.num_clients=3",
-            "data.initial_labels_per_client=6",
-            "query.budget_per_query=5",
-            "federation.rounds=2",
-            "training.epochs=1",
-            "training.batch_size=8",
-            f'experiment.output_dir="{output_dir}"',
-            "experiment.save_uploads=true",
-            *overrides,
-        ],
+        [*tiny_overrides(data_dir, output_dir), *overrides],
         strategy="entropy",  # the demo's psl options are dropped with its strategy
     )
 

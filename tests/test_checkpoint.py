@@ -9,8 +9,10 @@ import pytest
 
 from fedal.checkpoint import (
     ServerCheckpoint,
+    discard_client_checkpoints_after,
     load_client_checkpoint,
     load_server_checkpoint,
+    newest_client_round,
     save_client_checkpoint,
     save_server_checkpoint,
 )
@@ -80,3 +82,18 @@ def test_client_checkpoints_keep_the_two_newest_and_load_at_or_before_a_round(
     ].tolist() == [4, 4]
     assert load_client_checkpoint(RunDirectory(tmp_path), 2, 2) is None
     assert load_client_checkpoint(RunDirectory(tmp_path), 1, 10) is None
+
+
+def test_a_resume_discards_client_files_of_rounds_the_server_never_recorded(
+    tmp_path: Path,
+) -> None:
+    run = RunDirectory(tmp_path)
+    for client, server_round in ((0, 2), (0, 3), (1, 1), (1, 4), (12, 3)):
+        save_client_checkpoint(run, client, server_round, {"fedal.pool": {"l": np.zeros(1)}})
+
+    discard_client_checkpoints_after(run, 2)
+
+    names = sorted(path.name for path in run.checkpoint_dir.glob("*.npz"))
+    assert names == ["client-0-round-2.npz", "client-1-round-1.npz"]
+    assert newest_client_round(run, 0, 10) == 2
+    assert newest_client_round(run, 1, 0) is None

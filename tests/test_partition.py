@@ -3,6 +3,10 @@ shows the skew it is meant to (synthetic labels: 2000 samples, 10 classes)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -63,6 +67,48 @@ def test_cached_partition_matches() -> None:
     assert cached is cached_partition(LABELS, data, seed=5)
     for left, right in zip(direct, cached, strict=True):
         np.testing.assert_array_equal(left, right)
+
+
+READ_IN_A_NEW_PROCESS = """
+import sys
+import numpy as np
+from fedal.config import DataSection
+from fedal.partition import cached_partition
+labels = np.random.default_rng(42).integers(0, 10, size=2000).astype(np.int64)
+shards = cached_partition(labels, DataSection(partition="dirichlet", alpha=0.5), seed={seed})
+np.savez(sys.argv[1], *shards)
+print("flwr_datasets" in sys.modules, "datasets" in sys.modules)
+"""
+
+
+def test_a_split_is_computed_once_per_machine_and_read_by_other_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first process (the server) computes the split; a later process (a Ray worker,
+    a deployment process) reads it from the fedal cache without importing flwr-datasets;
+    other settings compute their own."""
+    monkeypatch.setenv("FEDAL_CACHE_DIR", str(tmp_path / "cache"))
+
+    def split_in_a_new_process(seed: int, name: str) -> tuple[list[np.ndarray], list[str]]:
+        out = tmp_path / f"{name}.npz"
+        script = READ_IN_A_NEW_PROCESS.format(seed=seed)
+        imported = subprocess.run(
+            [sys.executable, "-c", script, str(out)], capture_output=True, text=True, check=True
+        ).stdout.split()
+        with np.load(out) as shards:
+            return [shards[f"arr_{k}"] for k in range(len(shards.files))], imported
+
+    computed, imported_first = split_in_a_new_process(6, "server")
+    read, imported_later = split_in_a_new_process(6, "worker")
+    other, imported_other = split_in_a_new_process(7, "other-seed")
+
+    assert imported_first == imported_other == ["True", "True"]
+    assert imported_later == ["False", "False"]
+    assert all(np.array_equal(a, b) for a, b in zip(computed, read, strict=True))
+    direct = partition_indices(LABELS, SCHEMES["dirichlet"], seed=6)
+    assert all(np.array_equal(a, b) for a, b in zip(direct, read, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(computed, other, strict=True))
+    assert len(list((tmp_path / "cache" / "partitions").glob("*.npz"))) == 2
 
 
 def test_dirichlet_small_alpha_gives_strong_label_skew() -> None:

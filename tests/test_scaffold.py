@@ -180,14 +180,14 @@ def _report(client: int) -> ClientReport:
 
 def test_the_control_variates_cross_the_flower_boundary_once_each_way() -> None:
     config = load_config(None, ['federation.aggregation="scaffold"'])
-    task = RoundTask(3, config, None, (0,), control={"w": np.array([0.5, 1.5], np.float32)})
+    task = RoundTask(3, config, (0,), control={"w": np.array([0.5, 1.5], np.float32)})
     content = RecordDict({"config": task.to_config_record(), **task.to_array_records()})
     assert CONTROL_KEY in content.array_records
     message = cast(Message, SimpleNamespace(content=content))  # what a client receives
     parsed = RoundTask.from_message(message)
     assert parsed.control is not None
     np.testing.assert_array_equal(parsed.control["w"], [0.5, 1.5])
-    plain = RoundTask(3, config.replace("federation", aggregation="fedavg"), None, (0,))
+    plain = RoundTask(3, config.replace("federation", aggregation="fedavg"), (0,))
     assert plain.to_array_records() == {}
 
     reply = RoundReply({"w": tensor(1.0, 2.0)}, _report(0), control_delta={"w": tensor(0.1, 0.2)})

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from engine_support import TRAIN_COUNT, tiny_config, write_small_fashion_mnist
+from engine_support import TRAIN_COUNT, tiny_config, tiny_overrides, write_small_fashion_mnist
+from ray_head import RayHead
 
 from fedal.app.simulation import simulate
 from fedal.checkpoint import ServerCheckpoint
@@ -94,12 +96,15 @@ def test_same_seed_same_run_and_other_seed_differs(
 
 
 SCAFFOLD = ('federation.aggregation="scaffold"', "training.momentum=0")
+DROPOUT = "model.dropout=0.3"  # the MC-dropout strategies need a dropout layer
+# Strict mode for every registered strategy; the settings that change what reaches a
+# client (split, oracle noise, scoring model, aggregation) ride along on some of them.
 STRICT_VARIANTS = {
     "entropy": (),
     "psl+finetune": (
         'query.strategy="psl"',
         "training.finetune=true",
-        "training.finetune_gamma=0.3",
+        "training.finetune_gamma=0.1",  # max softmax of 10 classes > 0.1: all but ties
         "query.options.epochs=1",
     ),
     "pal": ('query.strategy="pal"', "query.options.epochs=1"),
@@ -107,8 +112,35 @@ STRICT_VARIANTS = {
     "ads": ('query.strategy="ads"', "query.options.epochs=1"),
     "alfa_mix": ('query.strategy="alfa_mix"',),
     "vaal": ('query.strategy="vaal"', "query.options.epochs=1"),
-    "scaffold": SCAFFOLD,  # c and c_i derive from labelled data only
+    "ll4al": ('query.strategy="ll4al"',),
+    "random+dirichlet+fedprox": (
+        'query.strategy="random"',
+        'data.partition="dirichlet"',
+        "data.alpha=0.5",
+        'federation.aggregation="fedprox"',
+        "federation.proximal_mu=0.1",
+    ),
+    "least_confidence+noisy-oracle": (
+        'query.strategy="least_confidence"',
+        'oracle.noise="uniform"',
+        "oracle.rate=0.3",
+    ),
+    "margin+global-scoring": ('query.strategy="margin"', 'query.scoring_model="global"'),
+    "coreset+scaffold": ('query.strategy="coreset"', *SCAFFOLD),
+    "badge": ('query.strategy="badge"',),
+    "kmeans": ('query.strategy="kmeans"',),
+    "bald": ('query.strategy="bald"', DROPOUT, "query.options.samples=3"),
+    "vote_entropy": ('query.strategy="vote_entropy"', DROPOUT, "query.options.members=3"),
+    "consensus_entropy": ('query.strategy="consensus_entropy"', DROPOUT, "query.options.members=3"),
+    "kl_to_consensus": ('query.strategy="kl_to_consensus"', DROPOUT, "query.options.members=3"),
 }
+
+
+def test_every_registered_strategy_has_an_isolation_variant() -> None:
+    from strategies import available
+
+    covered = {variant.split("+")[0] for variant in STRICT_VARIANTS}
+    assert covered == set(available())
 
 
 @pytest.mark.parametrize("variant", list(STRICT_VARIANTS))
@@ -127,7 +159,12 @@ def test_protected_pixels_never_influence_uploads_or_ledger(
 
     assert np.isin(read_ledger(original)[:, 2], protected).sum() == 0
     assert np.array_equal(read_ledger(perturbed), read_ledger(original))
+    uploaded = uploads(original)
+    assert len(uploaded) == config.data.num_clients * config.federation.rounds
     assert_same_uploads(original, perturbed)
+    if config.training.finetune:
+        rows = RunDirectory(original).read_rounds()
+        assert sum(c["finetune-confident"] for row in rows for c in row["clients"]) > 0
 
 
 def test_paper_mode_protected_data_reaches_the_choice_only(tmp_path: Path, data_dir: Path) -> None:
@@ -184,6 +221,42 @@ def test_partial_participation_draws_the_same_clients_every_run(
     assert len({tuple(clients) for clients in drawn}) > 1, "every round trained the same pair"
     assert participants(second) == drawn
     assert np.array_equal(read_ledger(second), read_ledger(first))
+
+
+def test_fedal_run_joins_a_ray_head_started_with_ray_start(
+    shared_ray_head: RayHead,
+    baseline: Path,
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``ray start --head`` on loopback (the suite's head, tests/ray_head.py), then
+    ``fedal run --ray-address``: the 2-round federation runs on the head's workers and
+    gives the baseline's results."""
+    monkeypatch.delenv("RAY_ADDRESS")  # only the flag names the cluster
+    workers_before = shared_ray_head.worker_logs()
+    settings = [f"--set={value}" for value in tiny_overrides(data_dir, tmp_path)]
+    arguments = ["--strategy", "entropy", "--ray-address", shared_ray_head.address]
+    run_dir = tmp_path / "on-the-head"
+
+    assert (
+        main(
+            [
+                "run",
+                "experiments/configs/demo.toml",
+                *settings,
+                *arguments,
+                "--run-dir",
+                str(run_dir),
+            ]
+        )
+        == 0
+    )
+
+    assert shared_ray_head.worker_logs() > workers_before
+    assert [row["round"] for row in RunDirectory(run_dir).read_rounds()] == [0, 1, 2]
+    assert np.array_equal(read_ledger(run_dir), read_ledger(baseline))
+    assert_same_uploads(baseline, run_dir)
 
 
 def test_a_resumed_run_equals_the_uninterrupted_run(data_dir: Path, tmp_path: Path) -> None:
@@ -316,14 +389,19 @@ def test_a_resumed_fedadam_run_equals_the_uninterrupted_run(data_dir: Path, tmp_
     assert_resume_equals_the_uninterrupted_run(data_dir, tmp_path, settings, moments_saved)
 
 
-def test_a_lost_reply_is_recorded_and_its_labels_still_reach_the_ledger(
+ROUND_TIMEOUT = 20.0  # far above a warm round of this federation (about 1 s)
+
+
+def test_failed_and_late_replies_are_recorded_and_their_labels_reach_the_ledger(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    """Client 1 trains and labels in round 2 but its reply never arrives (an error reply
-    after the work, as a crash before replying or a timeout leaves it): the round goes on
-    with the others, rounds.jsonl says who was dropped and why, and client 1's round-2
-    labels reach the ledger with its next reply, so the ledger and every client's own
-    ledger (its checkpoint on disk) agree row for row."""
+    """In round 2, client 1 trains and labels but its reply is an error (as a crash
+    before replying leaves it), and client 2 replies only after the server gave up on it
+    (a real delay past ``federation.round_timeout``; its round-3 task then runs on the
+    other Ray worker while the late round still holds client 2's state). The round goes
+    on with the others, rounds.jsonl says who was dropped and why, and both clients'
+    round-2 labels reach the ledger with their next reply: the ledger and every client's
+    own ledger (its checkpoint on disk) agree row for row."""
     from flwr.app import Context, Error, Message, RecordDict
     from flwr.clientapp import ClientApp
     from flwr.simulation.run_simulation import _run_simulation
@@ -337,25 +415,35 @@ def test_a_lost_reply_is_recorded_and_its_labels_still_reach_the_ledger(
     from fedal.checkpoint import load_client_checkpoint
     from fedal.config import flatten
 
-    lossy = ClientApp()
-    lossy.query(CLIENT_ID_ACTION)(client_id)
+    run = RunDirectory(tmp_path / "lossy")
+    unreliable = ClientApp()
+    unreliable.query(CLIENT_ID_ACTION)(client_id)
 
-    @lossy.train()
-    def train_and_lose_one_reply(msg: Message, context: Context) -> Message:
+    @unreliable.train()
+    def train_and_fail_or_be_late(msg: Message, context: Context) -> Message:
         reply = train(msg, context)
         task = RoundTask.from_message(msg)
-        if (task.server_round, partition_of(context, task.config.data.num_clients)) == (2, 1):
+        client = partition_of(context, task.config.data.num_clients)
+        if (task.server_round, client) == (2, 1):
             return Message(Error(code=1, reason="injected: the reply is lost"), reply_to=msg)
+        if (task.server_round, client) == (2, 2):
+            deadline = time.monotonic() + 10 * ROUND_TIMEOUT
+            while len(run.read_rounds()) < 3 and time.monotonic() < deadline:
+                time.sleep(0.2)  # until the server has closed round 2 without this reply
+            time.sleep(2.0)  # long enough for round 3's task to start on the other worker
         return reply
 
-    run = RunDirectory(tmp_path / "lossy")
-    config = tiny_config(data_dir, tmp_path, "federation.rounds=3").replace(
-        "experiment", run_dir=str(run.path)
-    )
+    config = tiny_config(
+        data_dir,
+        tmp_path,
+        "data.num_clients=4",
+        "federation.rounds=3",
+        f"federation.round_timeout={ROUND_TIMEOUT}",
+    ).replace("experiment", run_dir=str(run.path))
     _run_simulation(
         num_supernodes=config.data.num_clients,
         exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-        client_app=lossy,
+        client_app=unreliable,
         server_app=server_app,
         backend_name="ray",
         backend_config=backend_config(config, None, False),
@@ -366,15 +454,16 @@ def test_a_lost_reply_is_recorded_and_its_labels_still_reach_the_ledger(
     )
     rounds = run.read_rounds()
     assert [row["round"] for row in rounds] == [0, 1, 2, 3]
-    [dropped] = rounds[2]["dropped"]
-    assert dropped["client"] == 1 and "injected: the reply is lost" in dropped["reason"]
-    assert [client["client"] for client in rounds[2]["clients"]] == [0, 2]
+    failed, late = rounds[2]["dropped"]
+    assert failed["client"] == 1 and "injected: the reply is lost" in failed["reason"]
+    assert late["client"] == 2 and f"no reply within {ROUND_TIMEOUT:g} s" in late["reason"]
+    assert [client["client"] for client in rounds[2]["clients"]] == [0, 3]
     assert [row["dropped"] for row in rounds if row["round"] != 2] == [[], [], []]
     ledger = run.read_ledger()
     for client in range(config.data.num_clients):
         own = load_client_checkpoint(run, client, 3)[POOL_KEY]["ledger"]
         assert np.array_equal(ledger[ledger[:, 0] == client], own), f"client {client}"
-    assert set(ledger[ledger[:, 0] == 1, 1].tolist()) == {0, 1, 2, 3}  # round 2's labels too
+        assert set(ledger[ledger[:, 0] == client, 1].tolist()) == {0, 1, 2, 3}, f"client {client}"
 
 
 def test_a_scaffold_run_keeps_c_and_a_resumed_one_equals_the_uninterrupted_run(

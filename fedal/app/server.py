@@ -28,7 +28,12 @@ from clients.round import zero_control
 from fedal.app.participation import Participation, wait_for_clients
 from fedal.app.preflight import checked_config
 from fedal.app.progress import RoundProgress
-from fedal.checkpoint import ServerCheckpoint, load_server_checkpoint, save_server_checkpoint
+from fedal.checkpoint import (
+    ServerCheckpoint,
+    discard_client_checkpoints_after,
+    load_server_checkpoint,
+    save_server_checkpoint,
+)
 from fedal.config import ExperimentConfig, from_flat
 from fedal.datasets import LoadedDataset
 from fedal.models import build_for_dataset
@@ -287,7 +292,6 @@ def aggregation_strategy(
     config: ExperimentConfig,
     reports: RoundReports,
     first_round: int = 1,
-    resumed_after: int | None = None,
     ledger_known: Callable[[], tuple[int, ...]] | None = None,
 ) -> FedAvg:
     """Flower's built-in FedAvg / FedProx / FedAvgM / FedAdam / FedYogi / FedAdagrad, or
@@ -309,7 +313,7 @@ def aggregation_strategy(
         "min_available_nodes": config.data.num_clients,
         "train_metrics_aggr_fn": train_totals,
         "participation": Participation(config.experiment.seed, config.data.num_clients),
-        "task": lambda server_round: RoundTask(server_round, config, resumed_after, known()),
+        "task": lambda server_round: RoundTask(server_round, config, known()),
         "reports": reports,
         "first_round": first_round,
         "round_timeout": fed.round_timeout,
@@ -328,7 +332,7 @@ def aggregation_strategy(
             **adaptive, beta_1=fed.beta_1, beta_2=fed.beta_2, **common
         ),
         "fedadagrad": lambda: strict_and_ordered(FedAdagrad)(**adaptive, **common),
-        "scaffold": lambda: scaffold_strategy(config, common, resumed_after, known),
+        "scaffold": lambda: scaffold_strategy(config, common, known),
     }
     return builders[fed.aggregation]()
 
@@ -336,7 +340,6 @@ def aggregation_strategy(
 def scaffold_strategy(
     config: ExperimentConfig,
     common: dict[str, Any],
-    resumed_after: int | None,
     known: Callable[[], tuple[int, ...]],
 ) -> FedAvg:
     """:class:`Scaffold` whose round tasks carry its current control variate c."""
@@ -344,7 +347,7 @@ def scaffold_strategy(
         **{
             **common,
             "task": lambda server_round: RoundTask(
-                server_round, config, resumed_after, known(), control=strategy.control
+                server_round, config, known(), control=strategy.control
             ),
         },
         server_learning_rate=config.federation.server_lr,
@@ -413,6 +416,7 @@ def _serve_locked(grid: Grid, config: ExperimentConfig, run: RunDirectory) -> di
         check_resume(run.read_config(), config)
         resumed = load_server_checkpoint(run)
         check_results(run, resumed.round, resumed.ledger_rows)
+        discard_client_checkpoints_after(run, resumed.round)  # the interrupted run's
     else:
         run.refuse_if_taken()
     wait_for_clients(grid, config.data.num_clients, config.federation.connect_timeout)
@@ -441,7 +445,6 @@ def _serve_locked(grid: Grid, config: ExperimentConfig, run: RunDirectory) -> di
         config,
         reports,
         first_round=start + 1,
-        resumed_after=start if resumed else None,
         ledger_known=lambda: recorder.ledger_known(config.data.num_clients),
     )
     if resumed and resumed.momentum and isinstance(strategy, FedAvgM):
