@@ -27,3 +27,24 @@ def test_every_paper_scale_config_has_a_cpu_twin_on_offline_data() -> None:
         assert load_config(CONFIGS[0].parent / f"{twin}.toml").data.dataset in OFFLINE
     paper_scale = {name for name in names if f"{name}_cpu" in names}
     assert paper_scale == {twin.removesuffix("_cpu") for twin in twins}
+
+
+def test_every_paper_scale_config_has_a_gpu_twin_with_the_papers_setting() -> None:
+    """Same data, models, protection, label schedule, rounds and training settings; only
+    the name and (at most) the epochs differ; the client gets a GPU."""
+    names = {path.stem for path in CONFIGS}
+    paper_scale = {name for name in names if f"{name}_cpu" in names}
+    assert paper_scale and {f"{name}_gpu" for name in paper_scale} <= names
+    for name in paper_scale:
+        paper = load_config(CONFIGS[0].parent / f"{name}.toml")
+        twin = load_config(CONFIGS[0].parent / f"{name}_gpu.toml")
+        peer_epochs = twin.query.options["epochs"]
+        expected = (
+            paper.replace("experiment", name=twin.experiment.name)
+            .replace("training", epochs=twin.training.epochs)
+            .replace("query", options={**paper.query.options, "epochs": peer_epochs})
+        )
+        assert twin == expected, name
+        assert twin.training.epochs <= paper.training.epochs
+        assert peer_epochs <= paper.query.options["epochs"]
+        assert twin.federation.client_gpus > 0
