@@ -243,7 +243,8 @@ def run_client_round(
     spec = dataset.input_spec
     helper = build_for_dataset(config.model.helper, dataset, config.model.dropout).to(device)
     helper.load_state_dict(global_state)
-    global_model = copy.deepcopy(helper) if config.query.scoring_model == "global" else None
+    scoring = config.query.scoring_model
+    global_model = copy.deepcopy(helper) if scoring != "helper" else None
     labelled = SampleView(dataset.train_x, pool.labelled, spec, pool.labels)
     candidates = SampleView(dataset.train_x, pool.candidates, spec)
 
@@ -262,7 +263,7 @@ def run_client_round(
     if budget > 0 and len(candidates) > 0:
         private = pool.unlabelled if config.query.private_data == "all" else pool.candidates
         context = RoundContext(
-            model=global_model if global_model is not None else helper,
+            model=global_model if global_model is not None and scoring == "global" else helper,
             labelled=labelled,
             candidates=candidates,
             private_unlabelled=SampleView(dataset.train_x, private, spec),
@@ -273,6 +274,7 @@ def run_client_round(
             round=server_round,
             batch_size=config.training.eval_batch_size,
             build_model=lambda name, dropout=0.0: build_for_dataset(name, dataset, dropout),
+            global_model=global_model if scoring == "both" else None,
         )
         outcome = query(strategy, context, budget)
         chosen = candidates.positions[outcome.picks]

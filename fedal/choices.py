@@ -20,7 +20,7 @@ Corruption = Literal["none", "noisy-blank", "noisy-diverse", "noisy-class"]
 NoiseModel = Literal["none", "uniform", "structured"]
 Optimizer = Literal["sgd", "adam"]
 Schedule = Literal["constant", "cosine"]
-ScoringModel = Literal["helper", "global"]
+ScoringModel = Literal["helper", "global", "both"]
 PrivateData = Literal["candidates", "all"]
 Aggregation = Literal[
     "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "scaffold"

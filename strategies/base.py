@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from fedal.choices import ScoringModel
 from fedal.models import Classifier
 from fedal.schema import Schema, validated
 from fedal.views import SampleView
@@ -24,9 +25,13 @@ class RoundContext:
     """Everything a query strategy may use on one client in one round.
 
     - ``model``: the scoring model (the locally trained helper, or the global model as
-      received, per ``query.scoring_model``), a :class:`fedal.models.Classifier`:
-      strategies use its logits, its embedding (``embed``) and head (``head``), and its
-      dropout layer (``dropout``). Read-only: copy it before training.
+      received, per ``query.scoring_model``; the helper when it is ``"both"``), a
+      :class:`fedal.models.Classifier`: strategies use its logits, its embedding
+      (``embed``) and head (``head``), and its dropout layer (``dropout``). Read-only:
+      copy it before training.
+    - ``global_model``: the global model as received this round, set only when
+      ``query.scoring_model = "both"`` (``model`` is then the helper after training);
+      ``None`` otherwise. Read-only, like ``model``.
     - ``labelled``: labelled, non-protected samples with the labels the oracle returned.
     - ``candidates``: non-protected unlabelled samples; ``select`` indexes this view.
     - ``private_unlabelled``: the unlabelled data a strategy's *private* models may train
@@ -47,6 +52,7 @@ class RoundContext:
     round: int
     batch_size: int
     build_model: Callable[..., Classifier]
+    global_model: Classifier | None = None
 
 
 class NoOptions(Schema):
@@ -61,12 +67,19 @@ class QueryStrategy(ABC):
     ``Literal`` types, ranges ``Field`` bounds, rules across fields model validators.
     A bad or unknown option fails with one line naming the field, the value and what is
     allowed. The validated options are ``self.options``.
+
+    ``scoring_models`` lists the ``query.scoring_model`` values the strategy works with
+    (checked before a run starts). By default all three: under ``"both"`` a strategy that
+    scores with one model uses ``model``, the helper, so one sweep can run it beside
+    strategies that compare the global model as received with the helper after training
+    (those allow only ``"both"``).
     """
 
     name: ClassVar[str]
     Options: ClassVar[type[Schema]] = NoOptions
     needs_labelled: ClassVar[bool] = False
     needs_dropout: ClassVar[bool] = False  # Monte-Carlo dropout: model.dropout must be > 0
+    scoring_models: ClassVar[tuple[ScoringModel, ...]] = ("helper", "global", "both")
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options = self.parse_options(options or {})
@@ -102,3 +115,14 @@ def top_k(scores: torch.Tensor | np.ndarray, budget: int) -> np.ndarray:
     budget = min(budget, len(values))
     order = np.argsort(-values, kind="stable")
     return order[:budget].astype(np.int64)
+
+
+def global_and_local(ctx: RoundContext, name: str) -> tuple[Classifier, Classifier]:
+    """``(global model as received, helper after training)`` of a ``"both"`` context; a
+    clear error naming strategy ``name`` when the context has one model only."""
+    if ctx.global_model is None:
+        raise ValueError(
+            f"{name}: needs the global model as received and the local helper "
+            "(query.scoring_model = 'both')"
+        )
+    return ctx.global_model, ctx.model

@@ -38,7 +38,9 @@ def make_context(
 
     Rows ``[0, labelled)`` are labelled, the next ``candidates`` rows are candidates,
     the last ``protected`` rows are protected (in ``private_unlabelled`` only when
-    ``private_includes_protected``).
+    ``private_includes_protected``). ``model`` (the helper) and ``global_model`` are two
+    differently initialised ``helper`` networks, as under ``query.scoring_model = "both"``
+    (strategies scoring with one model ignore ``global_model``).
     """
     total = labelled + candidates + protected
     images, labels = tiny_images(total, num_classes, seed=1234)
@@ -63,6 +65,9 @@ def make_context(
 
     torch.manual_seed(0)
     model = build(helper, dropout).eval()
+    with torch.random.fork_rng():  # the caller's torch RNG continues as after ``model``
+        torch.manual_seed(1)
+        global_model = build(helper, dropout).eval()
     return RoundContext(
         model=model,
         labelled=SampleView(images, labelled_rows, spec, labels[labelled_rows]),
@@ -75,4 +80,5 @@ def make_context(
         round=1,
         batch_size=16,
         build_model=build,
+        global_model=global_model,
     )

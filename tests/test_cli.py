@@ -217,6 +217,21 @@ def test_resume_refuses_results_shorter_than_the_checkpoint(
             "model.dropout: 0.0 is not allowed with query.strategy 'bald'",
         ),
         (
+            ["--strategy", "kafal"],
+            "query.scoring_model: 'helper' is not allowed with query.strategy 'kafal'; "
+            "allowed: 'both'",
+        ),
+        (
+            ["--strategy", "logo"],
+            "query.scoring_model: 'helper' is not allowed with query.strategy 'logo'; "
+            "allowed: 'global', 'both'",
+        ),
+        (
+            ["--strategy", "feal", "--set", 'query.scoring_model="global"'],
+            "query.scoring_model: 'global' is not allowed with query.strategy 'feal'; "
+            "allowed: 'both'",
+        ),
+        (
             ["--set", 'data.dataset="moons"'],
             "model.helper: 'cnn' does not take moons's inputs; allowed: mlp",
         ),

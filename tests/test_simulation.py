@@ -113,6 +113,9 @@ STRICT_VARIANTS = {
     "alfa_mix": ('query.strategy="alfa_mix"',),
     "vaal": ('query.strategy="vaal"', "query.options.epochs=1"),
     "ll4al": ('query.strategy="ll4al"',),
+    "logo": ('query.strategy="logo"', 'query.scoring_model="global"', "query.options.epochs=1"),
+    "kafal": ('query.strategy="kafal"', 'query.scoring_model="both"'),
+    "feal": ('query.strategy="feal"', 'query.scoring_model="both"'),
     "random+dirichlet+fedprox": (
         'query.strategy="random"',
         'data.partition="dirichlet"',

@@ -19,7 +19,8 @@ from fedal.validation import check_against_dataset, check_against_partition
 
 
 def check_strategy(config: ExperimentConfig) -> None:
-    """The strategy exists and accepts its options (errors list what exists)."""
+    """The strategy exists, accepts its options (errors list what exists) and gets the
+    model(s) it scores with (``needs_dropout``, ``scoring_models``)."""
     from strategies import build_strategy
 
     try:
@@ -30,6 +31,13 @@ def check_strategy(config: ExperimentConfig) -> None:
         raise ConfigError(
             f"model.dropout: 0.0 is not allowed with query.strategy {strategy.name!r} "
             "(Monte-Carlo dropout needs dropout in the model); allowed: 0 < value < 1, e.g. 0.3"
+        )
+    scoring = config.query.scoring_model
+    if scoring not in strategy.scoring_models:
+        allowed = ", ".join(repr(value) for value in strategy.scoring_models)
+        raise ConfigError(
+            f"query.scoring_model: {scoring!r} is not allowed with query.strategy "
+            f"{strategy.name!r}; allowed: {allowed}"
         )
 
 

@@ -8,8 +8,11 @@ Setup: ``pool`` random 32x32x3 uint8 images as candidates plus ``labelled`` rand
 images with uniformly random labels over 10 classes (no protected samples; the private
 unlabelled view is the pool). Each scorer model (``resnet8``, optionally ``resnet18``)
 is built once from the seed, with dropout before the head so the MC-dropout strategies
-run, and left untrained: the bench measures cost, not selection quality. Every strategy
-gets a fresh instance with default options and a fresh, identically seeded context.
+run, and left untrained: the bench measures cost, not selection quality. A second one,
+seeded with ``seed + 1``, is the context's ``global_model``, as under
+``query.scoring_model = "both"`` (KAFAL, FEAL and LoGo score with it; the others ignore
+it). Every strategy gets a fresh instance with default options and a fresh, identically
+seeded context.
 
 What is measured, per scorer and strategy (wall clock; CUDA synchronised):
 
@@ -194,11 +197,12 @@ def run_sampling_bench(
     images, labels = _synthetic_pool(settings)
     rows: list[StrategyRow] = []
     for model_name in settings.models:
-        scorer = _scorer(model_name, settings, device)
-        forward_s = _time_forward(_context(scorer, images, labels, settings, device))
+        scorer = _scorer(model_name, settings.seed, settings, device)
+        scorers = scorer, _scorer(model_name, settings.seed + 1, settings, device)
+        forward_s = _time_forward(_context(scorers, images, labels, settings, device))
         progress(f"{model_name}: forward pass over {settings.pool} images {forward_s:.2f}s")
         for name in names:
-            ctx = _context(scorer, images, labels, settings, device)
+            ctx = _context(scorers, images, labels, settings, device)
             row = _bench_strategy(model_name, name, ctx, settings.budget, forward_s)
             rows.append(row)
             progress(f"{model_name} | {name}: {row.summary()}")
@@ -287,20 +291,21 @@ def _build(name: str, dropout: float = 0.0) -> Classifier:
     )
 
 
-def _scorer(name: str, settings: SamplingSettings, device: torch.device) -> Classifier:
-    """The untrained scoring model, seeded, in eval mode on ``device``."""
-    torch.manual_seed(settings.seed)
+def _scorer(name: str, seed: int, settings: SamplingSettings, device: torch.device) -> Classifier:
+    """An untrained scoring model, seeded with ``seed``, in eval mode on ``device``."""
+    torch.manual_seed(seed)
     return _build(name, settings.dropout).to(device).eval()
 
 
 def _context(
-    scorer: Classifier,
+    scorers: tuple[Classifier, Classifier],
     images: np.ndarray,
     labels: np.ndarray,
     settings: SamplingSettings,
     device: torch.device,
 ) -> RoundContext:
-    """A fresh round context over the synthetic pool, seeded with ``settings.seed``.
+    """A fresh round context over the synthetic pool, seeded with ``settings.seed``;
+    ``scorers`` are its ``model`` and its ``global_model``.
 
     The global torch seed is reset too, so strategies drawing from it start alike.
     """
@@ -309,6 +314,7 @@ def _context(
     pool_rows = np.arange(settings.labelled, len(images))
     candidates = SampleView(images, pool_rows, spec)
     torch.manual_seed(settings.seed)
+    scorer, received = scorers
     return RoundContext(
         model=scorer,
         labelled=SampleView(images, labelled_rows, spec, labels),
@@ -321,6 +327,7 @@ def _context(
         round=1,
         batch_size=settings.batch_size,
         build_model=_build,
+        global_model=received,
     )
 
 
