@@ -24,11 +24,12 @@ from fedal.config import ExperimentConfig
 from fedal.datasets import LoadedDataset
 from fedal.ema import EmaModel
 from fedal.finetune import finetune_on_confident
+from fedal.kcfu import frozen_copy
 from fedal.models import build_for_dataset
 from fedal.pool import ClientPool
 from fedal.reports import ClientReport
 from fedal.shards import ROUND_STREAM, client_rng, make_oracle
-from fedal.training import TrainStats, train_supervised
+from fedal.training import Objective, TrainStats, cross_entropy, helper_objective, train_supervised
 from fedal.views import SampleView
 from strategies import QueryStrategy, RoundContext
 
@@ -147,10 +148,11 @@ def train_helper(
     device: torch.device,
     generator: torch.Generator,
     control: ControlVariates | None = None,
+    objective: Objective = cross_entropy,
 ) -> HelperTraining:
-    """Steps 2-3: supervised training on labelled data (FedProx term if configured,
-    SCAFFOLD's gradient correction c - c_i with ``control``), then the optional
-    confident-pseudo-label fine-tuning on candidates (never protected data)."""
+    """Steps 2-3: supervised training on labelled data with ``objective`` (FedProx term
+    if configured, SCAFFOLD's gradient correction c - c_i with ``control``), then the
+    optional confident-pseudo-label fine-tuning on candidates (never protected data)."""
     proximal_mu = (
         config.federation.proximal_mu if config.federation.aggregation == "fedprox" else 0.0
     )
@@ -164,6 +166,7 @@ def train_helper(
         proximal_mu=proximal_mu,
         after_step=ema.update if ema else None,
         gradient_correction=control.correction(helper) if control is not None else None,
+        objective=objective,
     )
     confident = 0
     if ema is not None:
@@ -248,7 +251,13 @@ def run_client_round(
     labelled = SampleView(dataset.train_x, pool.labelled, spec, pool.labels)
     candidates = SampleView(dataset.train_x, pool.candidates, spec)
 
-    training = train_helper(config, helper, labelled, candidates, device, generator, control)
+    teacher = frozen_copy(helper) if config.training.kcfu else None
+    objective = helper_objective(
+        config.training, pool.labels, dataset.meta.num_classes, server_round, teacher, generator
+    )
+    training = train_helper(
+        config, helper, labelled, candidates, device, generator, control, objective
+    )
     helper_state = {
         name: value.detach().cpu().clone() for name, value in helper.state_dict().items()
     }

@@ -20,6 +20,7 @@ Corruption = Literal["none", "noisy-blank", "noisy-diverse", "noisy-class"]
 NoiseModel = Literal["none", "uniform", "structured"]
 Optimizer = Literal["sgd", "adam"]
 Schedule = Literal["constant", "cosine"]
+HelperLoss = Literal["cross_entropy", "evidential"]
 ScoringModel = Literal["helper", "global", "both"]
 PrivateData = Literal["candidates", "all"]
 Aggregation = Literal[

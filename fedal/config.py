@@ -15,12 +15,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fedal.choices import (
     Aggregation,
     Corruption,
     DatasetName,
+    HelperLoss,
     ModelName,
     NoiseModel,
     Optimizer,
@@ -86,7 +87,15 @@ class ModelSection(Schema):
 
 
 class TrainingSection(Schema):
-    """Supervised training of the helper on each client's labelled data."""
+    """Supervised training of the helper on each client's labelled data.
+
+    ``loss``: the helper's supervised loss, cross entropy or FEAL's evidential loss
+    (:mod:`fedal.evidential`, with ``evidential_kl_weight`` and
+    ``evidential_annealing_rounds``). ``kcfu``: KAFAL's knowledge-compensatory update
+    (:mod:`fedal.kcfu`; mixup Beta(``kcfu_mix_alpha``, ``kcfu_mix_alpha``)), which needs
+    ``loss = "cross_entropy"`` (its local loss is a balanced-softmax cross entropy).
+    Fine-tuning (``finetune``) keeps LHD's cross entropy on pseudo-labels with either.
+    """
 
     epochs: int = Field(1, ge=0)
     batch_size: int = Field(32, ge=1)
@@ -101,6 +110,20 @@ class TrainingSection(Schema):
     finetune_gamma: float = Field(0.9, ge=0, lt=1)
     finetune_iterations: int = Field(1, ge=0)
     finetune_ema_decay: float = Field(0.99, ge=0, lt=1)
+    loss: HelperLoss = "cross_entropy"
+    evidential_kl_weight: float = Field(0.01, ge=0)
+    evidential_annealing_rounds: int = Field(10, ge=1)
+    kcfu: bool = False
+    kcfu_mix_alpha: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _kcfu_needs_cross_entropy(self) -> TrainingSection:
+        if self.kcfu and self.loss != "cross_entropy":
+            raise ValueError(
+                f"kcfu = true needs loss = 'cross_entropy', not {self.loss!r} "
+                "(KCFU's local loss is a balanced-softmax cross entropy)"
+            )
+        return self
 
 
 class QuerySection(Schema):

@@ -2,6 +2,9 @@
 
 Equation 1 of the PSL paper (the task learner's cross-entropy objective) on CPU or CUDA,
 with the standard crop (pad 4) + horizontal-flip augmentation for 32x32 colour images.
+The per-batch loss is an :data:`Objective`; :func:`helper_objective` picks the helper's
+from the training options: cross entropy, FEAL's evidential loss
+(:mod:`fedal.evidential`) or KAFAL's KCFU (:mod:`fedal.kcfu`).
 """
 
 from __future__ import annotations
@@ -18,10 +21,50 @@ from torch import nn
 
 from fedal.choices import Optimizer, Schedule
 from fedal.config import TrainingSection
+from fedal.evidential import EvidentialObjective, annealing_coefficient, class_prior
+from fedal.kcfu import KcfuObjective, label_counts
 from fedal.views import SampleView
 
 OPTIMIZERS = get_args(Optimizer)
 SCHEDULES = get_args(Schedule)
+
+
+Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+"""A per-batch training loss of (model, inputs, targets)."""
+
+
+def cross_entropy(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """PSL eq. 1: mean cross entropy of the model's logits (the default objective)."""
+    return F.cross_entropy(model(inputs), targets)
+
+
+def helper_objective(
+    settings: TrainingSection,
+    labels: np.ndarray,
+    num_classes: int,
+    server_round: int,
+    global_model: nn.Module | None,
+    generator: torch.Generator,
+) -> Objective:
+    """The helper's loss in ``server_round`` from ``settings``, built from the client's
+    held ``labels`` only: KCFU (``kcfu``; distilling from the frozen ``global_model``
+    from round 2 on), FEAL's evidential loss (``loss = "evidential"``) or cross entropy.
+    Only KCFU draws from ``generator`` (once, to seed its mixing)."""
+    if settings.kcfu:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        return KcfuObjective(
+            counts=label_counts(labels, num_classes),
+            teacher=global_model if server_round > 1 else None,
+            mix_alpha=settings.kcfu_mix_alpha,
+            rng=np.random.default_rng(seed),
+        )
+    if settings.loss == "evidential":
+        return EvidentialObjective(
+            prior=class_prior(labels, num_classes),
+            annealing=annealing_coefficient(server_round, settings.evidential_annealing_rounds),
+            kl_weight=settings.evidential_kl_weight,
+        )
+    return cross_entropy
 
 
 def default_device() -> torch.device:
@@ -100,8 +143,10 @@ def train_supervised(
     proximal_mu: float = 0.0,
     after_step: Callable[[], None] | None = None,
     gradient_correction: Sequence[torch.Tensor] | None = None,
+    objective: Objective = cross_entropy,
 ) -> TrainStats:
-    """Minimise cross-entropy (PSL eq. 1) on the labelled ``view`` for ``settings.epochs``.
+    """Minimise ``objective`` (default: cross entropy, PSL eq. 1) on the labelled
+    ``view`` for ``settings.epochs``.
 
     With ``proximal_mu > 0`` the FedProx proximal term mu/2 * ||w - w_start||^2 is added
     (Li et al. 2020, eq. 2), anchoring the weights to those the round started from.
@@ -140,7 +185,7 @@ def train_supervised(
             inputs = view.inputs(rows, device)
             if settings.augment and wants_augmentation(inputs):
                 inputs = crop_flip(inputs, generator)
-            loss = F.cross_entropy(model(inputs), view.targets(rows, device))
+            loss = objective(model, inputs, view.targets(rows, device))
             if anchor:
                 loss = loss + proximal_mu / 2 * sum(
                     (p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor, strict=True)

@@ -22,8 +22,9 @@ sampling (CES) with the global and the local model, then the diversity relaxatio
 
 Models: the global model as received (``ctx.global_model``) and the local model, the
 helper after this round's training (``ctx.model``); ``query.scoring_model = "both"``.
-The paper trains both with its evidential loss (EML); fedal's helper is trained with
-cross entropy, so the evidence comes from cross-entropy logits, as listed with the other
+The paper trains both with its evidential loss (EML): the training option
+``training.loss = "evidential"`` (:mod:`fedal.evidential`); with the default cross
+entropy the evidence comes from cross-entropy logits, as listed with the other
 deviations in experiments/README.md, "LoGo, KAFAL, FEAL".
 """
 

@@ -18,8 +18,9 @@ those frequent in its labelled data:
 Models: the global model as received (``ctx.global_model``) and the locally specialised
 model, the helper after this round's training (``ctx.model``); ``query.scoring_model =
 "both"``. KAFAL's second part, KCFU (the knowledge-compensatory federated update: a
-balanced classifier and distillation from the global model on weak classes during local
-training), changes helper training and is not implemented; see experiments/README.md,
+balanced-softmax loss and distillation from the global model on weak classes during
+local training), changes helper training: it is the training option
+``training.kcfu = true`` (:mod:`fedal.kcfu`), off by default; see experiments/README.md,
 "LoGo, KAFAL, FEAL".
 """
 

@@ -43,7 +43,23 @@ Readings of the paper fixed here:
   running statistics averaged like the weights, batch counters copied).
 - *Training.* Adam (``beta_1 = 0.9``, ``beta_2 = 0.999``, no weight decay), batches of
   ``batch_size`` labelled samples, no augmentation (the paper names augmentation only
-  for fine-tuning, Algorithm 2, which the client runtime provides, not this module).
+  for fine-tuning, Algorithm 2).
+- *How long.* ``dl`` measures how fast a sample converges only once ``F_theta`` fits
+  the labelled set and ``F_beta`` has left its starting point (with alpha = 0.999 the
+  EMA still keeps 0.999^n of its start after n steps: 0.98 after 20). The paper trains
+  500 epochs, which on its CIFAR-10 pools is thousands of steps; with a few dozen labels
+  it is a few hundred. So ``fit`` trains at least ``epochs`` passes and then until both
+  hold: the EMA keeps at most ``1 - ema_moved`` of its start over the pair's life
+  (``alpha^n <= 0.05``: n >= 2995 steps at the defaults), and ``F_theta``'s accuracy on
+  the labelled set has not risen for ``fit_patience`` passes (it fits the labelled set
+  as far as it will: labels on noisy data may never be fitted), at most ``max_steps``
+  steps per ``fit`` (:class:`FitStats` says where it stopped).
+- *Fine-tuning (Algorithm 2).* With ``finetune`` the pair itself is fine-tuned after
+  each ``fit``: candidates whose confidence under ``F_theta`` exceeds
+  ``finetune_gamma`` get ``F_beta``'s one-hot prediction and ``F_theta`` trains
+  ``finetune_iterations`` passes on strongly augmented copies, the EMA following
+  (:func:`fedal.finetune.finetune_on_confident`, the routine the runtime's
+  ``training.finetune`` applies to the helper).
 - *Penultimate layer* is ``Classifier.embed`` (before dropout); both networks are
   scored in eval mode.
 - *k-means++ seeding.* Arthur & Vassilvitskii (2007), as in BADGE: the first centre is
@@ -57,6 +73,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
@@ -67,6 +84,7 @@ from pydantic import Field
 from fedal.choices import ModelName
 from fedal.config import TrainingSection
 from fedal.ema import EmaModel
+from fedal.finetune import finetune_on_confident
 from fedal.models import Classifier
 from fedal.schema import Schema
 from fedal.training import make_optimizer
@@ -103,19 +121,44 @@ class LHDOptions(Schema):
       ``"helper"`` (a copy of the scoring model, trained weights kept) or a model name
       for ``ctx.build_model`` (paper: the classifier itself from initialisation, a
       ResNet on CIFAR-10/SVHN).
-    - ``epochs``: passes over the labelled set per ``fit`` (paper: 500; the default is
-      small so that one ``fit`` stays cheap on a CPU; experiment configs set more).
+    - ``epochs``: passes over the labelled set per ``fit`` at least (paper: 500 in all);
+      then training goes on until the two conditions below hold.
+    - ``ema_moved``: train until the EMA keeps at most ``1 - ema_moved`` of its starting
+      point (``ema_decay ** steps``, counted over the pair's life).
+    - ``fit_patience``: ... and until the main network's accuracy on the labelled set
+      has not risen for this many passes.
+    - ``max_steps``: at most this many steps per ``fit`` (0 = no training).
     - ``lr``: Adam learning rate (paper: 1e-4).
     - ``batch_size``: labelled samples per training step (paper: 64).
     - ``chunk_size``: rows per block of k-means++ distance computations (no paper value).
+    - ``finetune``, ``finetune_gamma``, ``finetune_iterations``: Algorithm 2 on the pair
+      (paper: gamma 0.9, T = 1).
     """
 
     ema_decay: float = Field(0.999, ge=0, lt=1)
     backbone: Literal[HelperBackbone, ModelName] = "helper-init"
     epochs: Epochs = 10
+    ema_moved: float = Field(0.95, ge=0, lt=1)
+    fit_patience: int = Field(20, ge=1)
+    max_steps: int = Field(10_000, ge=0)
     lr: LearningRate = 1e-4
     batch_size: BatchSize = 64
     chunk_size: ChunkSize = DEFAULT_CHUNK_SIZE
+    finetune: bool = False
+    finetune_gamma: float = Field(0.9, ge=0, lt=1)
+    finetune_iterations: int = Field(1, ge=0)
+
+
+@dataclass(frozen=True)
+class FitStats:
+    """Where one ``fit`` stopped: steps taken, the main network's accuracy on the
+    labelled set, the weight the EMA keeps on its starting point, and (with
+    ``finetune``) how many candidates were pseudo-labelled."""
+
+    steps: int
+    labelled_accuracy: float
+    ema_start_weight: float
+    pseudo_labelled: int = 0
 
 
 def lhd_vectors(
@@ -145,6 +188,20 @@ def seed_batch(
     return kmeans_plus_plus(space, budget, first, rng, chunk_size)
 
 
+@torch.no_grad()
+def labelled_accuracy(model: Classifier, ctx: RoundContext) -> float:
+    """``model``'s accuracy on the labelled set (eval mode)."""
+    _, logits = predict_embeddings(model, ctx.labelled, ctx.device, ctx.batch_size)
+    labels = torch.as_tensor(ctx.labelled.labels)
+    return float((logits.argmax(dim=1) == labels).float().mean())
+
+
+def ema_start_weight(pair: EmaModel[Classifier], decay: float) -> float:
+    """The weight ``alpha^n`` the EMA keeps on its starting point after n updates."""
+    updates = int(pair.ema.n_averaged) - 1  # the first "update" copied main
+    return float(decay**updates)
+
+
 def _reinitialise(model: Classifier) -> None:
     """Fresh weights (and BatchNorm statistics) for every layer that can reset itself."""
     for module in model.modules():
@@ -168,25 +225,63 @@ class LHD(NetworkStrategy):
     def __init__(self, options: Mapping[str, object] | None = None) -> None:
         super().__init__(options)
         self.networks: PrivateNetwork[EmaModel[Classifier]] = PrivateNetwork(self._new_pair)
+        self.last_fit: FitStats | None = None
 
     # ------------------------------------------------------------------ training
 
     def fit(self, ctx: RoundContext) -> None:
-        """Algorithm 1, lines 2/14: ``epochs`` passes of cross-entropy steps on ``main``
-        over the labelled set, each step followed by the EMA update."""
+        """Algorithm 1, lines 2/14: cross-entropy steps on ``main`` over the labelled set,
+        each followed by the EMA update, until the stopping rule of the module docstring
+        ("How long"); then, with ``finetune``, Algorithm 2 on the pair."""
         pair, opts = self.networks.get(ctx), self.options
         with seeded_torch(ctx):  # drawn even with nothing to train: one stream either way
-            if len(ctx.labelled) == 0 or opts.epochs == 0:
+            if len(ctx.labelled) == 0 or opts.max_steps == 0:
                 return
-            optimizer = make_optimizer(
-                pair.main, TrainingSection(optimizer="adam", lr=opts.lr, weight_decay=0.0)
+            settings = TrainingSection(
+                optimizer="adam",
+                lr=opts.lr,
+                weight_decay=0.0,
+                batch_size=opts.batch_size,
+                eval_batch_size=ctx.batch_size,
+                finetune_gamma=opts.finetune_gamma,
+                finetune_iterations=opts.finetune_iterations,
             )
+            steps = self._train_until_settled(ctx, pair, settings)
+            pseudo = 0
+            if opts.finetune:
+                pseudo = finetune_on_confident(
+                    pair.main, pair, ctx.candidates, settings, ctx.device, ctx.generator
+                ).confident
+            self.last_fit = FitStats(
+                steps,
+                labelled_accuracy(pair.main, ctx),
+                ema_start_weight(pair, opts.ema_decay),
+                pseudo,
+            )
+
+    def _train_until_settled(
+        self, ctx: RoundContext, pair: EmaModel[Classifier], settings: TrainingSection
+    ) -> int:
+        """Passes over the labelled set until the stopping rule holds; returns the steps."""
+        opts = self.options
+        optimizer = make_optimizer(pair.main, settings)
+        steps, passes, best, since_best = 0, 0, -1.0, 0
+        while steps < opts.max_steps:
             pair.main.train()
-            for _ in range(opts.epochs):
-                for inputs, targets in labelled_batches(ctx, opts.batch_size, augment=False):
-                    step(optimizer, pair.main, F.cross_entropy(pair.main(inputs), targets))
-                    pair.update()
-            pair.main.eval()
+            for inputs, targets in labelled_batches(ctx, opts.batch_size, augment=False):
+                step(optimizer, pair.main, F.cross_entropy(pair.main(inputs), targets))
+                pair.update()
+                steps += 1
+                if steps == opts.max_steps:
+                    break
+            passes += 1
+            accuracy = labelled_accuracy(pair.main, ctx)
+            best, since_best = (accuracy, 0) if accuracy > best else (best, since_best + 1)
+            settled = ema_start_weight(pair, opts.ema_decay) <= 1 - opts.ema_moved
+            if passes >= opts.epochs and settled and since_best >= opts.fit_patience:
+                break
+        pair.main.eval()
+        return steps
 
     # ------------------------------------------------------------------ selection
 

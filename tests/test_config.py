@@ -228,3 +228,39 @@ def test_choice_types_are_the_registries_names() -> None:
 
     assert set(available_datasets()) == set(get_args(DatasetName))
     assert set(available_models()) == set(get_args(ModelName))
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "value", "allowed"),
+    [
+        ('training.loss="mse"', "training.loss", "'mse'", "cross_entropy, evidential"),
+        ("training.evidential_kl_weight=-0.1", "training.evidential_kl_weight", "-0.1", ">= 0"),
+        (
+            "training.evidential_annealing_rounds=0",
+            "training.evidential_annealing_rounds",
+            "0",
+            ">= 1",
+        ),
+        ("training.kcfu=maybe", "training.kcfu", "'maybe'", "true, false"),
+        ("training.kcfu_mix_alpha=0", "training.kcfu_mix_alpha", "0", "> 0"),
+    ],
+)
+def test_bad_helper_loss_options_fail_with_one_line(
+    override: str, field: str, value: str, allowed: str
+) -> None:
+    message = _error([override])
+    assert "\n" not in message
+    assert field in message and value in message and allowed in message
+
+
+def test_kcfu_with_the_evidential_loss_fails_with_one_line() -> None:
+    message = _error(["training.kcfu=true", 'training.loss="evidential"'])
+    assert "\n" not in message
+    assert "kcfu" in message and "'evidential'" in message and "cross_entropy" in message
+
+
+def test_helper_loss_options_default_to_plain_cross_entropy() -> None:
+    training = load_config(None).training
+    assert (training.loss, training.kcfu) == ("cross_entropy", False)
+    assert (training.evidential_kl_weight, training.evidential_annealing_rounds) == (0.01, 10)
+    assert training.kcfu_mix_alpha == 2.0

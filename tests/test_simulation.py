@@ -108,7 +108,12 @@ STRICT_VARIANTS = {
         "query.options.epochs=1",
     ),
     "pal": ('query.strategy="pal"', "query.options.epochs=1"),
-    "lhd": ('query.strategy="lhd"', "query.options.epochs=1"),
+    "lhd": (
+        'query.strategy="lhd"',
+        "query.options.max_steps=2",
+        "query.options.finetune=true",
+        "query.options.finetune_gamma=0.1",
+    ),
     "ads": ('query.strategy="ads"', "query.options.epochs=1"),
     "alfa_mix": ('query.strategy="alfa_mix"',),
     "vaal": ('query.strategy="vaal"', "query.options.epochs=1"),
@@ -116,6 +121,12 @@ STRICT_VARIANTS = {
     "logo": ('query.strategy="logo"', 'query.scoring_model="global"', "query.options.epochs=1"),
     "kafal": ('query.strategy="kafal"', 'query.scoring_model="both"'),
     "feal": ('query.strategy="feal"', 'query.scoring_model="both"'),
+    "kafal+kcfu": ('query.strategy="kafal"', 'query.scoring_model="both"', "training.kcfu=true"),
+    "feal+evidential": (
+        'query.strategy="feal"',
+        'query.scoring_model="both"',
+        'training.loss="evidential"',
+    ),
     "random+dirichlet+fedprox": (
         'query.strategy="random"',
         'data.partition="dirichlet"',
