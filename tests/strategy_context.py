@@ -21,6 +21,14 @@ def tiny_images(count: int, num_classes: int, seed: int) -> tuple[np.ndarray, np
     return np.clip(base + noise, 0, 255).astype(np.uint8), labels
 
 
+def unbalanced_blobs(count: int = 48) -> SampleView:
+    """Labelled 2-D features: three Gaussian blobs holding 60%, 30% and 10% of them."""
+    rng = np.random.default_rng(0)
+    labels = rng.choice(3, size=count, p=[0.6, 0.3, 0.1]).astype(np.int64)
+    features = (rng.normal(size=(count, 2)) + 2.0 * np.eye(3)[labels, :2]).astype(np.float32)
+    return SampleView(features, np.arange(count), InputSpec((), ()), labels)
+
+
 def make_context(
     *,
     labelled: int = 20,

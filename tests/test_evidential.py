@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.special import digamma
+from strategy_context import unbalanced_blobs
 
 from fedal.app.preflight import check_aggregation
 from fedal.config import TrainingSection, load_config
@@ -21,7 +22,6 @@ from fedal.evidential import (
 )
 from fedal.models import build_model
 from fedal.training import cross_entropy, helper_objective, train_supervised
-from fedal.views import InputSpec, SampleView
 
 CPU = torch.device("cpu")
 
@@ -81,16 +81,8 @@ def test_class_prior_is_the_share_of_held_labels() -> None:
     assert class_prior(np.array([0, 2, 2, 2]), 4).tolist() == [0.25, 0.0, 0.75, 0.0]
 
 
-def _toy_view(count: int = 48) -> SampleView:
-    """Three unbalanced Gaussian blobs of 2-D features."""
-    rng = np.random.default_rng(0)
-    labels = rng.choice(3, size=count, p=[0.6, 0.3, 0.1]).astype(np.int64)
-    features = (rng.normal(size=(count, 2)) + 2.0 * np.eye(3)[labels, :2]).astype(np.float32)
-    return SampleView(features, np.arange(count), InputSpec((), ()), labels)
-
-
 def _trained(settings: TrainingSection, server_round: int) -> torch.Tensor:
-    view = _toy_view()
+    view = unbalanced_blobs()
     torch.manual_seed(0)
     model = build_model("mlp", in_channels=2, num_classes=3)
     generator = torch.Generator().manual_seed(1)

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from strategy_context import unbalanced_blobs
 
 from clients.round import run_client_round
 from fedal.app.preflight import check_aggregation
@@ -24,7 +25,6 @@ from fedal.kcfu import (
 from fedal.models import build_for_dataset, build_model
 from fedal.shards import load_experiment
 from fedal.training import helper_objective, train_supervised
-from fedal.views import InputSpec, SampleView
 from strategies import build_strategy
 
 CPU = torch.device("cpu")
@@ -97,16 +97,8 @@ def test_without_a_teacher_the_objective_is_the_balanced_softmax_loss() -> None:
     assert torch.equal(objective(model, inputs, targets), expected)
 
 
-def _toy_view(count: int = 48) -> SampleView:
-    """Three unbalanced Gaussian blobs of 2-D features."""
-    rng = np.random.default_rng(0)
-    labels = rng.choice(3, size=count, p=[0.6, 0.3, 0.1]).astype(np.int64)
-    features = (rng.normal(size=(count, 2)) + 2.0 * np.eye(3)[labels, :2]).astype(np.float32)
-    return SampleView(features, np.arange(count), InputSpec((), ()), labels)
-
-
 def _trained(settings: TrainingSection, server_round: int) -> torch.Tensor:
-    view = _toy_view()
+    view = unbalanced_blobs()
     torch.manual_seed(7)
     received = build_model("mlp", in_channels=2, num_classes=3)
     torch.manual_seed(0)
