@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
-from fedal.models import build_model
+from fedal.models import Classifier, build_model
 from fedal.views import InputSpec, SampleView
 from strategies.base import RoundContext
 
@@ -27,6 +29,38 @@ def unbalanced_blobs(count: int = 48) -> SampleView:
     labels = rng.choice(3, size=count, p=[0.6, 0.3, 0.1]).astype(np.int64)
     features = (rng.normal(size=(count, 2)) + 2.0 * np.eye(3)[labels, :2]).astype(np.float32)
     return SampleView(features, np.arange(count), InputSpec((), ()), labels)
+
+
+def feature_context(
+    model: Classifier,
+    features: np.ndarray,
+    labels: np.ndarray,
+    first_candidate: int,
+    *,
+    seed: int = 0,
+    batch_size: int = 64,
+    build_model: Callable[..., Classifier] | None = None,
+    global_model: Classifier | None = None,
+) -> RoundContext:
+    """A two-class context over raw feature rows (no normalisation): rows
+    ``[0, len(labels))`` labelled with ``labels``, rows from ``first_candidate`` on the
+    candidates (and the private unlabelled view); ``build_model`` defaults to ``model``."""
+    spec = InputSpec(mean=(), std=())
+    candidate_rows = np.arange(first_candidate, len(features))
+    return RoundContext(
+        model=model,
+        labelled=SampleView(features, np.arange(len(labels)), spec, labels),
+        candidates=SampleView(features, candidate_rows, spec),
+        private_unlabelled=SampleView(features, candidate_rows, spec),
+        num_classes=2,
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(seed),
+        rng=np.random.default_rng(seed),
+        round=1,
+        batch_size=batch_size,
+        build_model=build_model or (lambda *args, **kwargs: model),
+        global_model=global_model,
+    )
 
 
 def make_context(

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from strategy_context import feature_context
 from torch import nn
 
 from fedal.models import Classifier
-from fedal.views import InputSpec, SampleView
 from strategies import build_strategy
 from strategies.alfa_mix import (
     ALFAMix,
@@ -44,19 +44,12 @@ def toy_context(labelled: bool = True, seed: int = 0) -> tuple[RoundContext, int
     far_x = rng.uniform(2, 4, size=20) * rng.choice([-1, 1], size=20)
     far = np.stack([far_x, rng.uniform(-1, 1, size=20)], axis=1)
     source = np.concatenate([lab, np.array(NEAR), far]).astype(np.float32)
-    spec = InputSpec(mean=(), std=())
-    labelled_rows = np.arange(4) if labelled else np.arange(0)
-    candidate_rows = np.arange(4, len(source))
-    ctx = RoundContext(
-        model=boundary_model(),
-        labelled=SampleView(source, labelled_rows, spec, lab_y[: len(labelled_rows)]),
-        candidates=SampleView(source, candidate_rows, spec),
-        private_unlabelled=SampleView(source, candidate_rows, spec),
-        num_classes=2,
-        device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(seed),
-        rng=np.random.default_rng(seed),
-        round=1,
+    ctx = feature_context(
+        boundary_model(),
+        source,
+        lab_y if labelled else lab_y[:0],
+        4,
+        seed=seed,
         batch_size=8,
         build_model=lambda *args, **kwargs: boundary_model(),
     )

@@ -8,11 +8,10 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from strategy_context import make_context
+from strategy_context import feature_context, make_context
 from torch import nn
 
 from fedal.models import Classifier
-from fedal.views import InputSpec, SampleView
 from strategies import build_strategy
 from strategies.base import RoundContext
 from strategies.logo import LoGo, cluster_round_robin, hallucinated_gradients
@@ -42,18 +41,12 @@ def blob_context(seed: int) -> RoundContext:
     points = [point for blob in BLOBS.values() for point in blob]
     labelled = [(1.0, 1.0), (9.0, 1.0)]
     source = np.array(labelled + points, dtype=np.float32)
-    spec = InputSpec(mean=(), std=())
-    candidate_rows = np.arange(len(labelled), len(source))
-    return RoundContext(
-        model=linear_model([[1.0, 0.0], [0.0, 1.0]]),
-        labelled=SampleView(source, np.arange(len(labelled)), spec, np.array([0, 1])),
-        candidates=SampleView(source, candidate_rows, spec),
-        private_unlabelled=SampleView(source, candidate_rows, spec),
-        num_classes=2,
-        device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(seed),
-        rng=np.random.default_rng(seed),
-        round=1,
+    return feature_context(
+        linear_model([[1.0, 0.0], [0.0, 1.0]]),
+        source,
+        np.array([0, 1]),
+        len(labelled),
+        seed=seed,
         batch_size=4,
         build_model=lambda *args, **kwargs: linear_model([[0.0, 0.0], [0.0, 0.0]]),
         global_model=linear_model([[0.01, 0.0], [0.0, 0.0]]),

@@ -8,12 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from strategy_context import make_context
+from strategy_context import feature_context, make_context
 from torch import nn
 
 from fedal.models import Classifier
 from fedal.schema import ConfigError
-from fedal.views import InputSpec, SampleView
 from strategies import build_strategy
 from strategies.base import RoundContext
 from strategies.vaal import VAAL
@@ -30,22 +29,8 @@ def blob_context(seed: int = 0) -> RoundContext:
     like_labelled = rng.normal((2, 2), 0.5, size=(20, 2))
     unlike = rng.normal((-2, -2), 0.5, size=(60, 2))
     source = np.concatenate([labelled, like_labelled, unlike]).astype(np.float32)
-    spec = InputSpec(mean=(), std=())
-    labelled_rows, candidate_rows = np.arange(40), np.arange(40, len(source))
     model = Classifier(nn.Identity(), embedding_dim=2, num_classes=2, dropout=0.0)
-    return RoundContext(
-        model=model,
-        labelled=SampleView(source, labelled_rows, spec, np.zeros(40, dtype=np.int64)),
-        candidates=SampleView(source, candidate_rows, spec),
-        private_unlabelled=SampleView(source, candidate_rows, spec),
-        num_classes=2,
-        device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(seed),
-        rng=np.random.default_rng(seed),
-        round=1,
-        batch_size=64,
-        build_model=lambda *args, **kwargs: model,
-    )
+    return feature_context(model, source, np.zeros(40, dtype=np.int64), 40, seed=seed)
 
 
 def auc(positive: torch.Tensor, negative: torch.Tensor) -> float:
