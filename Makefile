@@ -1,5 +1,6 @@
 # Two entry points: `make run` (the demo federation) and `make test` (the suite).
-# Both create or reuse .venv, install what is missing, and fetch Fashion-MNIST via apt.
+# Both create or reuse .venv, install what is missing, and fetch Fashion-MNIST via apt;
+# `make test` also installs the headless browser of the real-device test (chromium) via apt.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.fedal-installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 CONFIG ?= experiments/configs/demo.toml
 
-.PHONY: run test lint data setup
+.PHONY: run test lint data browser setup
 
 setup: $(STAMP) data
 
@@ -20,10 +21,13 @@ $(STAMP): pyproject.toml constraints.txt
 data:
 	@bash scripts/ensure-data.sh $(FMNIST)
 
+browser:
+	@bash scripts/ensure-browser.sh
+
 run: setup
 	$(BIN)/fedal run $(CONFIG)
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 lint: setup

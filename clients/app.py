@@ -5,7 +5,9 @@ The server sends the global task-model arrays and a :class:`~clients.protocol.Ro
 :func:`clients.round.run_client_round` and replies with a
 :class:`~clients.protocol.RoundReply` (the helper's arrays and its report). Nothing else
 leaves the client (with SCAFFOLD also the control update delta c_i; the client keeps its
-control variate c_i in its state). With
+control variate c_i in its state). The same code serves simulation and deployment, on a
+benchmark partition (``partition-id``) or on the node's own folder of images
+(``data.dataset = "image-folder"``, :mod:`fedal.node_folder`), labelled by a person. With
 ``experiment.checkpoint`` it also writes its state to the run's checkpoint directory
 after each round, and a resumed run (``experiment.resume``) starts from that file.
 """
@@ -28,6 +30,7 @@ from clients.protocol import (
 from clients.round import ControlVariates, next_client_control, run_client_round
 from clients.state import (
     POOL_KEY,
+    Book,
     export_state,
     import_state,
     load_book,
@@ -40,7 +43,13 @@ from clients.state import (
     save_strategy_state,
 )
 from fedal.checkpoint import load_client_checkpoint, newest_client_round, save_client_checkpoint
+from fedal.choices import FOLDER_DATASET
+from fedal.config import ExperimentConfig
 from fedal.corruptions import experiment_data
+from fedal.datasets import LoadedDataset
+from fedal.node_folder import NodeFolder, NodeSettings
+from fedal.oracle import Annotator
+from fedal.pool import ClientPool
 from fedal.rundir import RunDirectory
 from fedal.shards import load_experiment
 from fedal.training import default_device
@@ -105,6 +114,28 @@ def restore_newest_state(
         import_state(context.state, restored)
 
 
+def client_data(
+    context: Context, config: ExperimentConfig, book: Book, client: int, run: RunDirectory
+) -> tuple[LoadedDataset, ClientPool, Annotator | None]:
+    """The client's training set, its pool (new in its first round, then from the state)
+    and, on a node folder, the person who labels (None: the benchmark's simulated oracle).
+
+    A node folder's first round records in the run directory what the node holds and
+    protects (:meth:`fedal.image_folder.NodeImages.summary`)."""
+    pool = load_pool(context.state, client)
+    if config.data.dataset == FOLDER_DATASET:
+        node = NodeFolder.open(NodeSettings.from_node_config(context.node_config), config.data)
+        if pool is None:
+            pool = node.new_pool(client)
+            run.write_node(client, {"client": client, **node.images.summary()})
+        return node.dataset, pool, node.oracle(config.oracle)
+    if pool is None:  # first round: partition once, then the pool lives in the state
+        experiment = load_experiment(config)
+        book.total_noisy = sum(len(block) for block in experiment.noisy)
+        return experiment.dataset, experiment.new_pool(config, client), None
+    return experiment_data(config, book.total_noisy), pool, None
+
+
 def train_one_round(
     msg: Message, context: Context, task: RoundTask, client: int, run: RunDirectory
 ) -> RoundReply:
@@ -112,14 +143,7 @@ def train_one_round(
     ``experiment.checkpoint``)."""
     config, server_round = task.config, task.server_round
     book = load_book(context.state)
-    pool = load_pool(context.state, client)
-    if pool is None:  # first round: partition once, then the pool lives in the state
-        experiment = load_experiment(config)
-        pool = experiment.new_pool(config, client)
-        dataset = experiment.dataset
-        book.total_noisy = sum(len(block) for block in experiment.noisy)
-    else:
-        dataset = experiment_data(config, book.total_noisy)
+    dataset, pool, annotator = client_data(context, config, book, client, run)
     strategy = build_strategy(config.query.strategy, config.query.options)
     strategy.load_state_dict(load_strategy_state(context.state))
     control = None
@@ -140,6 +164,7 @@ def train_one_round(
         default_device(),
         ledger_from=task.ledger_known[client],
         control=control,
+        annotator=annotator,
     )
     if control is not None and reply.control_delta is not None:
         save_control(context.state, next_client_control(control.client, reply.control_delta))

@@ -3,7 +3,10 @@
 1. Load the global task-model weights into the helper.
 2. Train the helper on the labelled set (non-protected data only).
 3. On query rounds: ``strategy.fit`` then ``strategy.select``; the oracle labels the
-   picks; the pool and ledger grow.
+   picks; the pool and ledger grow. With a person as the oracle
+   (:mod:`fedal.human_oracle`) the answers given since the last round join the pool first
+   (before training), images still waiting for an answer are not candidates, and the
+   picks answered by query time join the pool in this round.
 4. Return the helper's weights (trained *before* this round's query) and metrics.
 
 With SCAFFOLD (Karimireddy et al. 2020, Algorithm 1) step 2 corrects every gradient by
@@ -26,6 +29,7 @@ from fedal.ema import EmaModel
 from fedal.finetune import finetune_on_confident
 from fedal.kcfu import frozen_copy
 from fedal.models import build_for_dataset
+from fedal.oracle import Annotator
 from fedal.pool import ClientPool
 from fedal.reports import ClientReport
 from fedal.shards import ROUND_STREAM, client_rng, make_oracle
@@ -44,14 +48,17 @@ def round_seed(config: ExperimentConfig, client: int, server_round: int) -> int:
     return int(rng.integers(0, 2**62))
 
 
-def query_budget(config: ExperimentConfig, pool: ClientPool, server_round: int) -> int:
-    """Labels to ask for this round: 0 off query rounds, capped by max_labels_per_client."""
+def query_budget(
+    config: ExperimentConfig, pool: ClientPool, server_round: int, waiting: int = 0
+) -> int:
+    """Labels to ask for this round: 0 off query rounds, capped by max_labels_per_client
+    (which the ``waiting`` labels asked for but not answered yet count against)."""
     query = config.query
     if server_round % query.query_every != 0:
         return 0
     budget = query.budget_per_query
     if query.max_labels_per_client > 0:
-        budget = min(budget, max(0, query.max_labels_per_client - len(pool.labelled)))
+        budget = min(budget, max(0, query.max_labels_per_client - len(pool.labelled) - waiting))
     return budget
 
 
@@ -195,16 +202,21 @@ def round_report(
     budget: int,
     candidates_before: int,
     ledger_from: int,
+    labelled_before: int,
+    trained_on: int,
 ) -> ClientReport:
-    """Step 5: counts, timings, selection statistics and the ledger rows not yet reported."""
-    count = len(outcome.picks)
-    new_labels = pool.labels[len(pool.labels) - count :]
-    new_indices = pool.labelled[len(pool.labelled) - count :]
+    """Step 5: counts, timings, selection statistics and the ledger rows not yet reported.
+
+    The round's new labels are the pool's labels after its first ``labelled_before``;
+    ``trained_on`` is the labelled-set size the helper trained on (FedAvg's weight)."""
+    new_labels = pool.labels[labelled_before:]
+    new_indices = pool.labelled[labelled_before:]
+    count = len(new_indices)
     noisy_marks = dataset.train_noisy
     unreported = pool.ledger_array()[ledger_from:, 1:]
     return ClientReport(
         client=pool.client,
-        num_examples=len(pool.labelled) - count,
+        num_examples=trained_on,
         labels_used=len(pool.labelled),
         new_labels=count,
         new_noisy=int(noisy_marks[new_indices].sum()) if noisy_marks is not None else 0,
@@ -232,14 +244,23 @@ def run_client_round(
     device: torch.device,
     ledger_from: int = 0,
     control: ControlVariates | None = None,
+    annotator: Annotator | None = None,
 ) -> RoundReply:
     """Train the helper, then (on query rounds) select, label and grow the pool.
 
     The report carries the ledger entries from position ``ledger_from`` on (those not yet
     reported, e.g. the initial labels of round 0 plus this round's). With SCAFFOLD's
     ``control`` the helper trains with the corrected gradients and the reply carries
-    delta c_i (:func:`control_delta`, from the labelled data's training only).
+    delta c_i (:func:`control_delta`, from the labelled data's training only). The
+    ``annotator`` is the benchmark's simulated oracle unless one is given (a person:
+    :class:`fedal.human_oracle.HumanOracle`).
     """
+    if annotator is None:
+        annotator = make_oracle(config, dataset, pool)
+    labelled_before = len(pool.labelled)
+    late = annotator.answers(pool.labelled)
+    pool.add_labels(late.indices, late.labels, server_round)
+    waiting = annotator.outstanding(pool.labelled)
     seed = round_seed(config, pool.client, server_round)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -249,7 +270,7 @@ def run_client_round(
     scoring = config.query.scoring_model
     global_model = copy.deepcopy(helper) if scoring != "helper" else None
     labelled = SampleView(dataset.train_x, pool.labelled, spec, pool.labels)
-    candidates = SampleView(dataset.train_x, pool.candidates, spec)
+    candidates = SampleView(dataset.train_x, np.setdiff1d(pool.candidates, waiting), spec)
 
     teacher = frozen_copy(helper) if config.training.kcfu else None
     objective = helper_objective(
@@ -267,10 +288,10 @@ def run_client_round(
             control, global_state, helper_state, training.stats.steps, config.training.lr
         )
 
-    budget = query_budget(config, pool, server_round)
+    budget = query_budget(config, pool, server_round, len(waiting))
     outcome = QueryOutcome(np.empty(0, dtype=np.int64), 0.0, 0.0)
     if budget > 0 and len(candidates) > 0:
-        private = pool.unlabelled if config.query.private_data == "all" else pool.candidates
+        private = pool.unlabelled if config.query.private_data == "all" else candidates.positions
         context = RoundContext(
             model=global_model if global_model is not None and scoring == "global" else helper,
             labelled=labelled,
@@ -286,8 +307,18 @@ def run_client_round(
             global_model=global_model if scoring == "both" else None,
         )
         outcome = query(strategy, context, budget)
-        chosen = candidates.positions[outcome.picks]
-        pool.add_labels(chosen, make_oracle(config, dataset, pool).label(chosen), server_round)
+        answered = annotator.ask(candidates.positions[outcome.picks], server_round)
+        pool.add_labels(answered.indices, answered.labels, server_round)
 
-    report = round_report(dataset, pool, training, outcome, budget, len(candidates), ledger_from)
+    report = round_report(
+        dataset,
+        pool,
+        training,
+        outcome,
+        budget,
+        len(candidates),
+        ledger_from,
+        labelled_before,
+        len(labelled),
+    )
     return RoundReply(helper_state=helper_state, report=report, control_delta=delta)

@@ -12,12 +12,16 @@ from typing import Literal
 DatasetName = Literal[
     "fashion-mnist", "mnist", "cifar10", "cifar100", "svhn", "moons", "four-moons"
 ]
+FOLDER_DATASET = "image-folder"
+# A benchmark of the registry, or each node's own folder of images (fedal.image_folder).
+DataChoice = Literal[DatasetName, "image-folder"]
 ModelName = Literal["cnn", "mlp", "resnet8", "resnet14", "resnet18"]
 PartitionScheme = Literal[
     "iid", "dirichlet", "balanced-dirichlet", "pathological", "shards", "quantity"
 ]
 Corruption = Literal["none", "noisy-blank", "noisy-diverse", "noisy-class"]
 NoiseModel = Literal["none", "uniform", "structured"]
+AnnotatorKind = Literal["simulated", "human"]
 Optimizer = Literal["sgd", "adam"]
 Schedule = Literal["constant", "cosine"]
 HelperLoss = Literal["cross_entropy", "evidential"]

@@ -1,9 +1,10 @@
-"""The ``fedal`` command: run, train, partition, plot, bench."""
+"""The ``fedal`` command: run, train, partition, plot, bench, annotate."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -215,6 +216,17 @@ def cmd_selection(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_annotate(args: argparse.Namespace) -> int:
+    """Serve the labelling page of a node folder (see :mod:`fedal.app.annotate`)."""
+    from fedal.app.annotate import TOKEN_ENV, serve
+
+    token = args.token or os.environ.get(TOKEN_ENV, "")
+    serve(
+        Path(args.node_dir).expanduser().resolve(), args.host, args.port, token, args.allow_remote
+    )
+    return 0
+
+
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="experiment TOML")
     parser.add_argument(
@@ -297,6 +309,16 @@ def build_parser() -> argparse.ArgumentParser:
     selection.add_argument("run_dir")
     selection.add_argument("-o", "--output", required=True)
     selection.set_defaults(handler=cmd_selection)
+
+    annotate = commands.add_parser("annotate", help="label a node folder's queued images")
+    annotate.add_argument("node_dir", help="the folder a SuperNode serves as data-dir")
+    annotate.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
+    annotate.add_argument("--port", type=int, default=8765)
+    annotate.add_argument("--token", default="", help="required beyond localhost")
+    annotate.add_argument(
+        "--allow-remote", action="store_true", help="allow an address beyond localhost"
+    )
+    annotate.set_defaults(handler=cmd_annotate)
 
     from fedal.app.bench.cli import add_bench_parser
     from fedal.app.diagnose import add_diagnose_parser

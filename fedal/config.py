@@ -13,14 +13,16 @@ import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from fedal.choices import (
+    FOLDER_DATASET,
     Aggregation,
+    AnnotatorKind,
     Corruption,
-    DatasetName,
+    DataChoice,
     HelperLoss,
     ModelName,
     NoiseModel,
@@ -52,9 +54,17 @@ class ExperimentSection(Schema):
 
 
 class DataSection(Schema):
-    """Dataset, partition across clients, protected split and initial labelled pool."""
+    """Dataset, partition across clients, protected split and initial labelled pool.
 
-    dataset: DatasetName = "fashion-mnist"
+    ``dataset = "image-folder"`` is a real federation: each node brings its own folder of
+    images (``--node-config``, :mod:`fedal.image_folder`), ``classes`` names the classes
+    (comma-separated, in label order), ``test_dir`` is the server's test set (one
+    sub-folder per class) and every image is resized to ``image_size`` squared with
+    ``image_channels`` channels. The partition, protected-fraction, initial-label and
+    corruption settings apply to the benchmarks only.
+    """
+
+    dataset: DataChoice = "fashion-mnist"
     data_dir: str = ""
     partition: PartitionScheme = "iid"
     alpha: float = Field(0.5, gt=0)
@@ -70,13 +80,44 @@ class DataSection(Schema):
     corruption_share: float = Field(0.3, ge=0, lt=1)
     corruption_class: int = 1
     corruption_unique: int = Field(100, ge=1)
+    classes: str = Field("", description="comma-separated class names")
+    test_dir: str = ""
+    image_size: int = Field(32, ge=8, le=512)
+    image_channels: Literal[1, 3] = 3
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """``classes`` as a tuple of names, in label order."""
+        return tuple(name.strip() for name in self.classes.split(",") if name.strip())
+
+    @model_validator(mode="after")
+    def _folder_needs_classes_and_test_set(self) -> DataSection:
+        if self.dataset != FOLDER_DATASET:
+            return self
+        names = self.class_names
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise ValueError(
+                f"dataset 'image-folder' needs classes = two or more distinct names, e.g. "
+                f"'cat,dog', not {self.classes!r}"
+            )
+        if not self.test_dir:
+            raise ValueError(
+                "dataset 'image-folder' needs test_dir = the server's test set (a folder with "
+                "one sub-folder per class)"
+            )
+        return self
 
 
 class OracleSection(Schema):
-    """The annotator: noise model and rate."""
+    """The annotator: simulated (the benchmark's labels, with a noise model and rate) or
+    a person labelling on each node (``human``: :mod:`fedal.human_oracle`; the images a
+    client picks wait in the node's labelling queue, and the client waits up to
+    ``answer_wait`` seconds for their answers before the round goes on without them)."""
 
     noise: NoiseModel = "none"
     rate: float = Field(0.0, ge=0, le=1)
+    annotator: AnnotatorKind = "simulated"
+    answer_wait: float = Field(60.0, ge=0, description="seconds")
 
 
 class ModelSection(Schema):
@@ -186,6 +227,23 @@ class ExperimentConfig(Schema):
     query: QuerySection = Field(default_factory=QuerySection)
     federation: FederationSection = Field(default_factory=FederationSection)
 
+    @model_validator(mode="after")
+    def _human_labels_node_folders(self) -> ExperimentConfig:
+        human = self.oracle.annotator == "human"
+        if human != (self.data.dataset == FOLDER_DATASET):
+            raise ValueError(
+                f"oracle.annotator {self.oracle.annotator!r} does not fit data.dataset "
+                f"{self.data.dataset!r}; a person labels node folders (annotator 'human' with "
+                "dataset 'image-folder'), the simulated oracle labels benchmarks"
+            )
+        if human and self.oracle.answer_wait >= self.federation.round_timeout:
+            raise ValueError(
+                f"oracle.answer_wait {self.oracle.answer_wait:g} s must be shorter than "
+                f"federation.round_timeout {self.federation.round_timeout:g} s (the server "
+                "drops a reply that comes later)"
+            )
+        return self
+
     def replace(self, section: str, **changes: Any) -> ExperimentConfig:
         """A copy with some fields of one section changed (validated again)."""
         tables = self.to_dict()
@@ -210,7 +268,7 @@ def from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
     if unknown:
         raise ConfigError(f"unknown section(s) {unknown}; allowed: {', '.join(SECTIONS)}")
     sections = {name: validated(SECTIONS[name], raw.get(name, {}), name) for name in SECTIONS}
-    return ExperimentConfig(**sections)
+    return validated(ExperimentConfig, sections, "config")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

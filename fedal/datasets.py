@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from fedal.choices import FOLDER_DATASET
+from fedal.schema import ConfigError
 from fedal.views import InputSpec
 
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -557,8 +559,14 @@ def load_dataset(
 
     ``seed`` only affects the synthetic toys; ``data_dir`` only the image datasets (an
     empty string means none). Repeated calls in a process return the same object.
-    Raises ValueError for an unknown name and DatasetNotFoundError for missing files.
+    Raises ValueError for an unknown name, DatasetNotFoundError for missing files, and
+    ConfigError for node folders (``"image-folder"``, loaded by :mod:`fedal.node_folder`).
     """
+    if name == FOLDER_DATASET:
+        raise ConfigError(
+            "data.dataset 'image-folder' is each SuperNode's own folder of images: run it on "
+            "the deployment engine (README, 'Real devices'), not as a simulation"
+        )
     if name not in _LOADERS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(_LOADERS)}")
     directory = str(Path(data_dir).expanduser().resolve()) if data_dir else None

@@ -10,12 +10,17 @@ Noise models
 
 Answers are deterministic per (seed, sample): asking twice gives the same label, and the
 answer for one sample does not depend on which other samples were asked for.
+
+A client round talks to its annotator through :class:`Annotator`: the simulated
+:class:`Oracle` answers every request at once; a person (:mod:`fedal.human_oracle`)
+answers when they can, so a round also takes the answers that came in since the last one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import get_args
+from dataclasses import dataclass, field
+from typing import Protocol, get_args
 
 import numpy as np
 
@@ -26,6 +31,35 @@ NOISE_MODELS = get_args(NoiseModel)
 
 class ProtectedSampleError(PermissionError):
     """The oracle was asked to label a protected sample."""
+
+
+def _no_indices() -> np.ndarray:
+    return np.empty(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Answers:
+    """Labels given for samples (aligned int64 arrays; empty when there are none)."""
+
+    indices: np.ndarray = field(default_factory=_no_indices)
+    labels: np.ndarray = field(default_factory=_no_indices)
+
+
+class Annotator(Protocol):
+    """Who labels a client's picks. ``labelled`` is the client's labelled set: what is
+    already in the pool is never answered again."""
+
+    def outstanding(self, labelled: np.ndarray) -> np.ndarray:
+        """Samples asked for whose answers are not in the pool yet (not candidates)."""
+        ...
+
+    def answers(self, labelled: np.ndarray) -> Answers:
+        """Answers given since the pool last took answers (to add to it now)."""
+        ...
+
+    def ask(self, indices: np.ndarray, round_number: int) -> Answers:
+        """Ask for labels of ``indices`` in ``round_number``; returns those given so far."""
+        ...
 
 
 def superclass_confusion(superclass_of: Sequence[int]) -> dict[int, list[int]]:
@@ -91,6 +125,18 @@ class Oracle:
         answers = np.array([self._answer(int(index)) for index in requested], dtype=np.int64)
         self.num_queries += len(requested)
         return answers
+
+    def outstanding(self, labelled: np.ndarray) -> np.ndarray:
+        """Nothing: the simulated oracle answers every request at once."""
+        return _no_indices()
+
+    def answers(self, labelled: np.ndarray) -> Answers:
+        """No answers: nothing is ever answered late."""
+        return Answers()
+
+    def ask(self, indices: np.ndarray, round_number: int) -> Answers:
+        """Every requested label, now (:meth:`label`)."""
+        return Answers(np.asarray(indices, dtype=np.int64), self.label(indices))
 
     def _answer(self, index: int) -> int:
         truth = int(self.true_labels[index])

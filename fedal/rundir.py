@@ -1,6 +1,7 @@
 """The run directory of DESIGN section 8: the one owner of its layout.
 
 ``<run_dir>/``: ``config.toml`` (the resolved config), ``partition.json``,
+``node-<client>.json`` (with node folders: what each node holds and protects),
 ``rounds.jsonl`` (one row per round), ``ledger.csv`` (client, round, sample index, label
 given), ``summary.json``, ``accuracy_vs_labels.png``, ``uploads/`` (with
 ``experiment.save_uploads``: every client's uploaded arrays per round) and
@@ -123,6 +124,9 @@ class RunDirectory:
     def partition_file(self) -> Path:
         return self.path / "partition.json"
 
+    def node_file(self, client: int) -> Path:
+        return self.path / f"node-{client}.json"
+
     @property
     def rounds_file(self) -> Path:
         return self.path / "rounds.jsonl"
@@ -195,6 +199,14 @@ class RunDirectory:
     # ---------------------------------------------------------------- results
     def write_partition(self, summary: Mapping[str, Any]) -> None:
         _replace(self.partition_file, json.dumps(summary, indent=2))
+
+    def write_node(self, client: int, summary: Mapping[str, Any]) -> None:
+        """What a node on its own folder holds and protects (written by that client)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        _replace(self.node_file(client), json.dumps(summary, indent=2))
+
+    def read_node(self, client: int) -> dict[str, Any]:
+        return dict(json.loads(self.node_file(client).read_text()))
 
     def start_results(
         self, rows: Iterable[Mapping[str, Any]] = (), ledger: np.ndarray | None = None

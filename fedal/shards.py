@@ -7,13 +7,16 @@ clients, client id): a client rebuilds exactly the same shard in any process.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fedal.choices import FOLDER_DATASET
 from fedal.config import ExperimentConfig
 from fedal.corruptions import experiment_data, noisy_blocks
 from fedal.datasets import LoadedDataset, load_dataset
+from fedal.image_folder import load_test_folder
 from fedal.oracle import Oracle, superclass_confusion
 from fedal.partition import cached_partition
 from fedal.pool import ClientPool, split_protected
@@ -67,8 +70,16 @@ def open_count(shard: np.ndarray, protected_fraction: float) -> int:
 
 
 def load_experiment(config: ExperimentConfig) -> ExperimentData:
-    """Dataset, client shards and heteroskedastic blocks for ``config`` (cached per process)."""
+    """Dataset, client shards and heteroskedastic blocks for ``config`` (cached per process).
+
+    With node folders (``data.dataset = "image-folder"``) the server holds only the test
+    set (``data.test_dir``) and no shard: each node brings its own images."""
     data = config.data
+    if data.dataset == FOLDER_DATASET:
+        test = load_test_folder(
+            Path(data.test_dir).expanduser(), data.class_names, data.image_size, data.image_channels
+        )
+        return ExperimentData(test, [], [])
     clean = load_dataset(data.dataset, data.data_dir or None, config.experiment.seed)
     shards = client_shards(config, clean)
     open_counts = [open_count(shard, data.protected_fraction) for shard in shards]
@@ -133,8 +144,17 @@ def noisy_in_pool(dataset: LoadedDataset, shard: np.ndarray, appended: np.ndarra
 
 
 def partition_summary(config: ExperimentConfig, experiment: ExperimentData) -> dict[str, Any]:
-    """Per-client sizes, class histograms, protected/candidate counts and noisy additions."""
+    """Per-client sizes, class histograms, protected/candidate counts and noisy additions
+    (with node folders: the classes and the test set; each node records its own counts)."""
     dataset = experiment.dataset
+    if config.data.dataset == FOLDER_DATASET:
+        return {
+            "dataset": FOLDER_DATASET,
+            "classes": list(dataset.meta.class_names),
+            "test_images": len(dataset.test_y),
+            "num_clients": config.data.num_clients,
+            "clients": "each node's own folder: node-<client>.json",
+        }
     classes = dataset.meta.num_classes
     fraction = config.data.protected_fraction
     clients = []
