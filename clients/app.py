@@ -14,8 +14,12 @@ after each round, and a resumed run (``experiment.resume``) starts from that fil
 
 from __future__ import annotations
 
+import resource
+import time
+from dataclasses import replace
 from pathlib import Path
 
+import psutil
 import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
@@ -41,6 +45,7 @@ from clients.state import (
     save_control,
     save_pool,
     save_strategy_state,
+    state_bytes,
 )
 from fedal.checkpoint import load_client_checkpoint, newest_client_round, save_client_checkpoint
 from fedal.choices import FOLDER_DATASET
@@ -56,6 +61,21 @@ from fedal.training import default_device
 from strategies import build_strategy
 
 app = ClientApp()
+
+
+class WorkerStart:
+    """Seconds from this process's creation to this module's import (interpreter start,
+    imports, Ray's actor set-up), handed out once: to the first round the process serves."""
+
+    def __init__(self) -> None:
+        self.pending = max(0.0, time.time() - psutil.Process().create_time())
+
+    def take(self) -> float:
+        seconds, self.pending = self.pending, 0.0
+        return seconds
+
+
+WORKER_START = WorkerStart()
 
 
 def partition_of(context: Context, num_clients: int) -> int:
@@ -86,14 +106,26 @@ def client_id(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """One round: train the helper, query, reply with helper arrays and metrics."""
+    """One round: train the helper, query, reply with helper arrays and metrics (the
+    report's :class:`~fedal.reports.ClientCost` completed here)."""
+    started = time.perf_counter()
     task = RoundTask.from_message(msg)
     config, server_round = task.config, task.server_round
     client = partition_of(context, config.data.num_clients)
     run = RunDirectory(Path(config.experiment.run_dir))
     with run.client_lock(client):
         restore_newest_state(context, run, client, server_round)
-        reply = train_one_round(msg, context, task, client, run)
+        reply, load_seconds = train_one_round(msg, context, task, client, run)
+    cost = replace(
+        reply.report.cost,
+        load_seconds=load_seconds,
+        handler_seconds=time.perf_counter() - started,
+        state_bytes=state_bytes(context.state),
+        worker_pid=psutil.Process().pid,
+        worker_start_seconds=WORKER_START.take(),
+        worker_peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    )
+    reply = replace(reply, report=replace(reply.report, cost=cost))
     return Message(content=reply.to_content(), reply_to=msg)
 
 
@@ -138,12 +170,14 @@ def client_data(
 
 def train_one_round(
     msg: Message, context: Context, task: RoundTask, client: int, run: RunDirectory
-) -> RoundReply:
+) -> tuple[RoundReply, float]:
     """Train, query and store the new state (in ``context.state``, and on disk with
-    ``experiment.checkpoint``)."""
+    ``experiment.checkpoint``); the reply and the seconds spent loading data."""
     config, server_round = task.config, task.server_round
     book = load_book(context.state)
+    loading = time.perf_counter()
     dataset, pool, annotator = client_data(context, config, book, client, run)
+    load_seconds = time.perf_counter() - loading
     strategy = build_strategy(config.query.strategy, config.query.options)
     strategy.load_state_dict(load_strategy_state(context.state))
     control = None
@@ -174,4 +208,4 @@ def train_one_round(
     save_book(context.state, book)
     if config.experiment.checkpoint:
         save_client_checkpoint(run, client, server_round, export_state(context.state))
-    return reply
+    return reply, load_seconds

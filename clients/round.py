@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,11 +31,12 @@ from fedal.kcfu import frozen_copy
 from fedal.models import build_for_dataset
 from fedal.oracle import Annotator
 from fedal.pool import ClientPool
-from fedal.reports import ClientReport
+from fedal.reports import ClientCost, ClientReport
 from fedal.shards import ROUND_STREAM, client_rng, make_oracle
 from fedal.training import Objective, TrainStats, cross_entropy, helper_objective, train_supervised
 from fedal.views import SampleView
 from strategies import QueryStrategy, RoundContext
+from strategies.scoring import InferenceClock, inference_clock
 
 
 class SelectionError(RuntimeError):
@@ -145,6 +146,7 @@ class QueryOutcome:
     picks: np.ndarray
     fit_seconds: float
     select_seconds: float
+    inference: InferenceClock = field(default_factory=InferenceClock)
 
 
 def train_helper(
@@ -188,10 +190,11 @@ def query(strategy: QueryStrategy, context: RoundContext, budget: int) -> QueryO
     started = time.perf_counter()
     strategy.fit(context)
     fitted = time.perf_counter()
-    picks = check_selection(
-        strategy.select(context, budget), budget, len(context.candidates), strategy.name
-    )
-    return QueryOutcome(picks, fitted - started, time.perf_counter() - fitted)
+    with inference_clock() as clock:
+        picks = check_selection(
+            strategy.select(context, budget), budget, len(context.candidates), strategy.name
+        )
+    return QueryOutcome(picks, fitted - started, time.perf_counter() - fitted, clock)
 
 
 def round_report(
@@ -231,6 +234,11 @@ def round_report(
             np.bincount(new_labels, minlength=dataset.meta.num_classes).tolist()
         ),
         ledger=tuple(tuple(row) for row in unreported.tolist()),
+        cost=ClientCost(
+            inference_seconds=outcome.inference.seconds,
+            scored_images=outcome.inference.images,
+            train_images=training.stats.samples,
+        ),
     )
 
 

@@ -125,3 +125,10 @@ def import_state(state: RecordDict, sections: Mapping[str, Mapping[str, np.ndarr
             state[key] = ArrayRecord({name: Array(np.ascontiguousarray(v)) for name, v in arrays})
     book = sections.get(BOOK_KEY, {})
     save_book(state, Book(**{name: int(value) for name, value in book.items()}))
+
+
+def state_bytes(state: RecordDict) -> int:
+    """Bytes of the arrays the client keeps in ``state`` between rounds."""
+    return sum(
+        len(array.data) for record in state.array_records.values() for array in record.values()
+    )

@@ -11,13 +11,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fedal.app.arguments import config_from_args, overrides
 from fedal.config import (
     ConfigError,
-    ExperimentConfig,
     apply_overrides,
     from_dict,
-    load_config,
-    parse_override,
 )
 
 if TYPE_CHECKING:
@@ -26,47 +24,12 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG = "experiments/configs/demo.toml"
 
 
-def _config_from_args(args: argparse.Namespace) -> ExperimentConfig:
-    return load_config(args.config, _overrides(args), strategy=getattr(args, "strategy", None))
-
-
-SHORTCUTS = {
-    "clients": "data.num_clients",
-    "rounds": "federation.rounds",
-    "seed": "experiment.seed",
-    "client_cpus": "federation.client_cpus",
-    "client_gpus": "federation.client_gpus",
-    "data_dir": "data.data_dir",
-    "strategy": "query.strategy",
-}
-
-
-def _overrides(args: argparse.Namespace) -> list[str]:
-    """``--set`` values plus the shortcut options this command has, as overrides.
-
-    A shortcut is an override like any other (``--rounds 0`` is validated, not ignored);
-    giving a field both as a shortcut and with ``--set`` is refused.
-    """
-    overrides = list(args.set or [])
-    named = {parse_override(text)[0] for text in overrides}
-    for option, key in SHORTCUTS.items():
-        value = getattr(args, option, None)
-        if value is None:
-            continue
-        flag = "--" + option.replace("_", "-")
-        if key in named:
-            raise ConfigError(f"{flag} and --set {key}=... both set {key}; give one of them")
-        if option != "strategy":  # load_config takes the strategy (and drops its options)
-            overrides.append(f"{key}={json.dumps(value)}")
-    return overrides
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate everything (before Ray starts), then simulate the federation."""
     from fedal.app.preflight import preflight
     from fedal.rundir import RunDirectory
 
-    config = _config_from_args(args)
+    config = config_from_args(args)
     preflight(config)
     run = RunDirectory(Path(args.run_dir)) if args.run_dir else RunDirectory.create(config)
     run.refuse_if_taken()
@@ -103,7 +66,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     run = RunDirectory.existing(args.run_dir)
     tables = run.read_config_tables()
-    config = from_dict(apply_overrides(tables, _overrides(args)))
+    config = from_dict(apply_overrides(tables, overrides(args)))
     check_resume(from_dict(tables), config)
     run.check_free()
     try:
@@ -151,7 +114,7 @@ def cmd_partition(args: argparse.Namespace) -> int:
     client's label distribution (flwr-datasets' plot helper)."""
     from fedal.app.preflight import preflight, render_partition
 
-    config = _config_from_args(args)
+    config = config_from_args(args)
     summary = preflight(config)
     render_partition(summary)
     if args.output:

@@ -9,7 +9,7 @@ row without the ledger entries. Nothing else reads a report by key.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,12 +20,62 @@ _LEDGER_KEYS = ("ledger-round", "ledger-index", "ledger-label")
 
 
 @dataclass(frozen=True)
+class ClientCost:
+    """Where one client's round went, beyond the training/fit/select timings of the
+    report (read by ``fedal bench federation``, :mod:`fedal.app.bench.federation`).
+
+    - ``inference_seconds`` / ``scored_images``: the network passes inside ``select``
+      (:func:`strategies.scoring.inference_clock`) and the images they scored;
+      ``train_images``: the samples the helper's training steps saw.
+    - ``load_seconds``: loading the dataset and this client's partition in this round.
+    - ``handler_seconds``: the whole round in the ClientApp, from the message to the reply
+      (so state (de)serialisation and checkpoint writes are the handler's time outside
+      loading, training, fit and select).
+    - ``state_bytes``: the client's state kept between rounds (array bytes).
+    - ``worker_pid``, ``worker_start_seconds`` (from the worker process's creation to the
+      ClientApp being imported, reported by the first round the process serves, else 0)
+      and ``worker_peak_rss_bytes`` (the process's resident-set high-water mark so far).
+    Rows of runs recorded before these fields existed read as zeros.
+    """
+
+    inference_seconds: float = 0.0
+    scored_images: int = 0
+    train_images: int = 0
+    load_seconds: float = 0.0
+    handler_seconds: float = 0.0
+    state_bytes: int = 0
+    worker_pid: int = 0
+    worker_start_seconds: float = 0.0
+    worker_peak_rss_bytes: int = 0
+
+    def to_metrics(self) -> dict[str, MetricValue]:
+        """The cost as flat ``key -> number`` (keys: field names with dashes)."""
+        return {key.replace("_", "-"): value for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_metrics(cls, metrics: Mapping[str, Any]) -> ClientCost:
+        """Inverse of :meth:`to_metrics`; missing keys read as zero."""
+        return cls(
+            inference_seconds=float(metrics.get("inference-seconds", 0.0)),
+            scored_images=int(metrics.get("scored-images", 0)),
+            train_images=int(metrics.get("train-images", 0)),
+            load_seconds=float(metrics.get("load-seconds", 0.0)),
+            handler_seconds=float(metrics.get("handler-seconds", 0.0)),
+            state_bytes=int(metrics.get("state-bytes", 0)),
+            worker_pid=int(metrics.get("worker-pid", 0)),
+            worker_start_seconds=float(metrics.get("worker-start-seconds", 0.0)),
+            worker_peak_rss_bytes=int(metrics.get("worker-peak-rss-bytes", 0)),
+        )
+
+
+@dataclass(frozen=True)
 class ClientReport:
     """One client's round: sizes, timings, selection statistics and new ledger entries.
 
     ``num_examples`` is the labelled-set size the helper trained on (FedAvg's weight);
     ``labels_used`` includes this round's new labels. ``ledger`` holds the ledger rows
-    (round, sample index, label given) not reported before, in order.
+    (round, sample index, label given) not reported before, in order. ``cost``: where
+    the round's time and memory went beyond the three timings (:class:`ClientCost`).
     """
 
     client: int
@@ -42,6 +92,7 @@ class ClientReport:
     select_seconds: float
     selected_class_histogram: tuple[int, ...]
     ledger: tuple[tuple[int, int, int], ...] = field(default=())
+    cost: ClientCost = field(default_factory=ClientCost)
 
     def to_metrics(self, with_ledger: bool = True) -> dict[str, MetricValue]:
         """The report as flat ``key -> number or list`` (Flower metrics, JSON rows)."""
@@ -59,6 +110,7 @@ class ClientReport:
             "fit-seconds": self.fit_seconds,
             "select-seconds": self.select_seconds,
             "selected-class-histogram": list(self.selected_class_histogram),
+            **self.cost.to_metrics(),
         }
         if with_ledger:
             columns = np.asarray(self.ledger, dtype=np.int64).reshape(-1, 3).T
@@ -85,6 +137,7 @@ class ClientReport:
             select_seconds=float(metrics["select-seconds"]),
             selected_class_histogram=tuple(int(n) for n in metrics["selected-class-histogram"]),
             ledger=tuple((int(r), int(i), int(label)) for r, i, label in ledger),
+            cost=ClientCost.from_metrics(metrics),
         )
 
 

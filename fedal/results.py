@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -111,9 +111,11 @@ class RunRecorder:
         reports: Sequence[ClientReport],
         elapsed: float,
         dropped: Sequence[DroppedClient] = (),
+        timings: Mapping[str, float] | None = None,
     ) -> dict[str, Any]:
         """Append one round: test metrics, per-client reports, the clients whose reply
-        the round went without (and why), ledger entries."""
+        the round went without (and why), ledger entries, and the server's ``timings``
+        (``exchange_seconds``, ``aggregation_seconds``, ``evaluation_seconds``)."""
         reports = sorted(reports, key=lambda report: report.client)
         self._count(reports)
         row = {
@@ -127,6 +129,7 @@ class RunRecorder:
             "elapsed_seconds": elapsed,
             "clients": [report.to_metrics(with_ledger=False) for report in reports],
             "dropped": [asdict(client) for client in dropped],
+            **(timings or {}),
         }
         self.rows.append(row)
         self.run.append_round(row)

@@ -74,11 +74,12 @@ def default_device() -> torch.device:
 
 @dataclass(frozen=True)
 class TrainStats:
-    """What one call of :func:`train_supervised` did."""
+    """What one call of :func:`train_supervised` did (``samples``: rows its steps saw)."""
 
     loss: float
     steps: int
     seconds: float
+    samples: int = 0
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,12 @@ def train_supervised(
             total_loss += float(loss.detach())
             steps += 1
     model.eval()
-    return TrainStats(loss=total_loss / steps, steps=steps, seconds=time.perf_counter() - started)
+    return TrainStats(
+        loss=total_loss / steps,
+        steps=steps,
+        seconds=time.perf_counter() - started,
+        samples=len(view) * settings.epochs,
+    )
 
 
 @torch.no_grad()

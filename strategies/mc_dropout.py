@@ -47,7 +47,10 @@ def mc_dropout_probs(ctx: RoundContext, samples: int) -> torch.Tensor:
         isinstance(module, nn.Dropout) and module is not model.dropout for module in model.modules()
     )
     outputs = []
-    with _seeded_torch_rng(_derived_seed(ctx.generator)), inference_pass():
+    with (
+        _seeded_torch_rng(_derived_seed(ctx.generator)),
+        inference_pass(len(ctx.candidates) * (samples if trunk_is_stochastic else 1)),
+    ):
         for batch in ctx.candidates.batches(ctx.batch_size, ctx.device):
             hidden = None if trunk_is_stochastic else model.embed(batch)
             logits = [

@@ -22,10 +22,12 @@ from fedal.views import SampleView
 
 @dataclass
 class InferenceClock:
-    """Wall seconds and number of network passes over sample views while it is active."""
+    """Wall seconds, network passes over sample views and the images they scored, while
+    it is active."""
 
     seconds: float = 0.0
     passes: int = 0
+    images: int = 0
     running: bool = False
 
 
@@ -44,9 +46,10 @@ def inference_clock() -> Iterator[InferenceClock]:
 
 
 @contextmanager
-def inference_pass() -> Iterator[None]:
-    """Mark one network pass over a view; outputs must be on the CPU when it ends (a
-    device-to-host copy synchronises CUDA). A pass nested in another counts once."""
+def inference_pass(images: int = 0) -> Iterator[None]:
+    """Mark one network pass over a view of ``images`` samples; outputs must be on the
+    CPU when it ends (a device-to-host copy synchronises CUDA). A pass nested in another
+    counts once."""
     clock = _ACTIVE_CLOCK.get()
     if clock is None or clock.running:
         yield
@@ -58,6 +61,7 @@ def inference_pass() -> Iterator[None]:
     finally:
         clock.seconds += time.perf_counter() - started
         clock.passes += 1
+        clock.images += images
         clock.running = False
 
 
@@ -68,7 +72,7 @@ def predict_logits(
     """Logits of ``model`` (in eval mode) for every row of ``view``, on the CPU."""
     was_training = model.training
     model.eval()
-    with inference_pass():
+    with inference_pass(len(view)):
         outputs = [model(batch).float().cpu() for batch in view.batches(batch_size, device)]
     model.train(was_training)
     if not outputs:
@@ -91,7 +95,7 @@ def predict_embeddings(
     was_training = model.training
     model.eval()
     embeddings, logits = [], []
-    with inference_pass():
+    with inference_pass(len(view)):
         for batch in view.batches(batch_size, device):
             hidden = model.embed(batch)
             embeddings.append(hidden.float().cpu())

@@ -14,7 +14,7 @@ from engine_support import client_report
 
 from fedal.config import ExperimentConfig, from_dict, load_config
 from fedal.plots import group_runs, plot_runs
-from fedal.reports import ClientReport
+from fedal.reports import ClientCost, ClientReport
 from fedal.results import RunRecorder, area_under_curve, labels_to_reach
 from fedal.rundir import RunDirectory
 
@@ -119,6 +119,7 @@ def test_run_recorder_writes_a_complete_run_directory(tmp_path: Path) -> None:
         "fit-seconds": 0.0,
         "select-seconds": 0.1,
         "selected-class-histogram": [5] + [0] * 9,
+        **ClientCost().to_metrics(),
     }  # clients in client order, without the ledger (that is ledger.csv)
     assert ClientReport.from_metrics(rounds[1]["clients"][1]) == dataclasses.replace(
         client_report(1, 10, 15, [(1, 0, 0)] * 5), ledger=()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -70,14 +71,17 @@ def train_totals(records: list[RecordDict], weighting_key: str) -> MetricRecord:
 class RoundReports:
     """What the aggregation path hands on: each round's replies, for the results writer.
 
-    It also keeps the audit of uploads (``experiment.save_uploads``) and says once per
-    client when its budget exceeded its remaining candidates.
+    It also keeps the audit of uploads (``experiment.save_uploads``), says once per
+    client when its budget exceeded its remaining candidates, and holds each round's
+    server timings (``exchange_seconds``: from sending the tasks to aggregating the
+    replies; ``aggregation_seconds``: the aggregation itself).
     """
 
     def __init__(self, run: RunDirectory, save_uploads: bool) -> None:
         self.run = run
         self.save_uploads = save_uploads
         self.by_round: dict[int, tuple[list[ClientReport], list[DroppedClient]]] = {}
+        self.timings: dict[int, dict[str, float]] = {}
         self.short_clients: set[int] = set()
 
     def received(
@@ -107,6 +111,10 @@ class RoundReports:
     def take(self, server_round: int) -> tuple[list[ClientReport], list[DroppedClient]]:
         """The reports and dropped clients of ``server_round`` (none for round 0)."""
         return self.by_round.pop(server_round, ([], []))
+
+    def take_timings(self, server_round: int) -> dict[str, float]:
+        """The server timings of ``server_round`` (none for round 0)."""
+        return self.timings.pop(server_round, {})
 
 
 def strict_and_ordered(strategy_class: type[Strategy]) -> type[Strategy]:
@@ -141,6 +149,7 @@ def strict_and_ordered(strategy_class: type[Strategy]) -> type[Strategy]:
             self.rounds_before = first_round - 1
             self.round_timeout = round_timeout
             self.drawn: list[int] = []
+            self.sent_at = time.perf_counter()
 
         def configure_train(
             self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -156,10 +165,12 @@ def strict_and_ordered(strategy_class: type[Strategy]) -> type[Strategy]:
                 for key, record in extra.items():
                     message.content[key] = record
             self.drawn = [message.metadata.dst_node_id for message in messages]
+            self.sent_at = time.perf_counter()
             return messages
 
         def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> Any:
             absolute = self.rounds_before + server_round
+            exchange_seconds = time.perf_counter() - self.sent_at
             replies = list(replies)
             dropped = self._dropped(replies)
             replies = [reply for reply in replies if not reply.has_error()]
@@ -174,8 +185,14 @@ def strict_and_ordered(strategy_class: type[Strategy]) -> type[Strategy]:
                 key=lambda pair: pair[0].report.client,
             )
             self.reports.received(absolute, [content for content, _ in parsed], dropped)
+            aggregating = time.perf_counter()
             # the absolute round: FedAdam's bias correction counts the run's rounds
-            return super().aggregate_train(absolute, [reply for _, reply in parsed])
+            aggregated = super().aggregate_train(absolute, [reply for _, reply in parsed])
+            self.reports.timings[absolute] = {
+                "exchange_seconds": exchange_seconds,
+                "aggregation_seconds": time.perf_counter() - aggregating,
+            }
+            return aggregated
 
         def _dropped(self, replies: list[Message]) -> list[DroppedClient]:
             """Drawn clients without a usable reply: failed (Flower's reason) or silent."""
@@ -455,14 +472,23 @@ def _serve_locked(grid: Grid, config: ExperimentConfig, run: RunDirectory) -> di
 
     def central_evaluation(local_round: int, arrays: ArrayRecord) -> MetricRecord:
         server_round = start + local_round
+        evaluating = time.perf_counter()
         model.load_state_dict(arrays.to_torch_state_dict())
         stats = evaluate(model, test, device, config.training.eval_batch_size)
         metrics = MetricRecord({"accuracy": stats.accuracy, "loss": stats.loss})
         if resumed and local_round == 0:
             return metrics  # this round is already in the results
         received, dropped = reports.take(server_round)
+        timings = reports.take_timings(server_round)
+        timings["evaluation_seconds"] = time.perf_counter() - evaluating
         row = recorder.record_round(
-            server_round, stats.accuracy, stats.loss, received, progress.elapsed(), dropped
+            server_round,
+            stats.accuracy,
+            stats.loss,
+            received,
+            progress.elapsed(),
+            dropped,
+            timings,
         )
         if config.experiment.checkpoint:
             momentum = getattr(strategy, "momentum_vector", None)

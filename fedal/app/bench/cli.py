@@ -26,6 +26,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser("bench", help="benchmarks")
     kinds = bench.add_subparsers(dest="bench", required=True)
     _add_sampling_parser(kinds)
+    _add_federation_parser(kinds)
 
 
 # ---------------------------------------------------------------------------- sampling
@@ -95,6 +96,39 @@ def _sampling_settings(args: argparse.Namespace) -> SamplingSettings:
     if unknown:
         raise ConfigError(f"unknown model(s) {unknown}; available: {', '.join(available_models())}")
     return settings
+
+
+# -------------------------------------------------------------------------- federation
+
+
+def _add_federation_parser(kinds: argparse._SubParsersAction) -> None:
+    federation = kinds.add_parser(
+        "federation", help="run one simulation and account for its time, phase by phase"
+    )
+    federation.add_argument("config", help="experiment TOML")
+    federation.add_argument("--clients", type=int, help="number of clients (data.num_clients)")
+    federation.add_argument("--rounds", type=int, help="federated rounds")
+    federation.add_argument("--strategy", help="query strategy name")
+    federation.add_argument("--set", action="append", metavar="KEY=VALUE")
+    federation.add_argument("--ray-address", help="join an existing Ray cluster")
+    federation.add_argument("--output", default="bench.json", help="JSON results file")
+    federation.set_defaults(handler=cmd_bench_federation)
+
+
+def cmd_bench_federation(args: argparse.Namespace) -> int:
+    """Validate the config (before Ray starts), run the bench, print the table, write JSON."""
+    from fedal.app.arguments import config_from_args
+    from fedal.app.bench.federation import run_federation_bench, write_report
+    from fedal.app.bench.render import render_federation_report
+    from fedal.app.preflight import preflight
+
+    config = config_from_args(args)
+    preflight(config)
+    report = run_federation_bench(config, args.config, args.ray_address)
+    render_federation_report(report)
+    write_report(report, Path(args.output))
+    print(args.output)
+    return 0
 
 
 def _split(names: str | None) -> tuple[str, ...]:

@@ -1,10 +1,12 @@
-"""Rich tables of bench results, drawn from the typed rows of :mod:`fedal.app.bench.sampling`."""
+"""Rich tables of bench results, drawn from the typed rows of :mod:`fedal.app.bench.sampling`
+and :mod:`fedal.app.bench.federation`."""
 
 from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
 
+from fedal.app.bench.federation import FederationReport
 from fedal.app.bench.sampling import SamplingReport, StrategyFailure, StrategyRow
 
 TABLE_WIDTH = 180
@@ -27,6 +29,48 @@ def render_sampling_report(report: SamplingReport, console: Console | None = Non
     for row in report.results:
         cells = _sampling_cells(row)
         table.add_row(*cells, *[""] * (len(SAMPLING_COLUMNS) - len(cells)))
+    (console or _wide_console()).print(table)
+
+
+def render_federation_report(report: FederationReport, console: Console | None = None) -> None:
+    """Print a federation bench report: the phases, then the derived figures."""
+    table = Table(
+        title=f"federation bench | {report.config} | {report.clients} clients x "
+        f"{report.rounds} rounds | {report.device}, {report.slots} slot(s) | "
+        f"wall {report.wall_seconds:.1f} s"
+    )
+    table.add_column("measure", no_wrap=True)
+    table.add_column("value", justify="right")
+    slot_seconds = report.wall_seconds * report.slots
+    for phase, seconds in report.phases.items():
+        table.add_row(f"{phase} s", f"{seconds:.2f} ({seconds / slot_seconds:.1%} of slot time)")
+    flow = report.throughput
+    gpu = report.gpu_utilisation_mean
+    rows = {
+        "framework share": f"{report.framework_share:.3f}",
+        "client rounds / s": f"{report.client_rounds_per_second:.2f}",
+        "worker processes (starts by round)": (
+            f"{report.worker_processes} ({', '.join(map(str, report.worker_starts_by_round))})"
+        ),
+        "host MiB per client (state MiB)": (
+            f"{report.host_mib_per_client:.1f} ({report.state_mib_per_client:.3f})"
+        ),
+        "first contact / later round": (
+            "-" if report.first_contact_ratio is None else f"{report.first_contact_ratio:.2f}"
+        ),
+        "images / s (alone: train, inference)": (
+            f"{flow.achieved_images_per_second:.0f} ({flow.alone_train_images_per_second:.0f}, "
+            f"{flow.alone_inference_images_per_second:.0f})"
+        ),
+        "device efficiency": f"{flow.device_efficiency:.3f}",
+        "GPU utilisation % (peak MiB)": (
+            report.gpu_note or "-"
+            if gpu is None
+            else f"{gpu:.0f} ({report.gpu_memory_peak_mib or 0:.0f})"
+        ),
+    }
+    for name, value in rows.items():
+        table.add_row(name, value)
     (console or _wide_console()).print(table)
 
 
