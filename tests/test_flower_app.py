@@ -203,9 +203,10 @@ def loopback_run(
             )
 
 
-@pytest.mark.parametrize(
-    ("tls", "auth"), [(False, False), (True, False), (True, True)], ids=["plain", "tls", "tls+auth"]
-)
+# TLS without node authentication is the transport of the end-to-end test on node folders
+# (tests/test_real_devices.py); here the benchmark partitions run without TLS and with
+# TLS plus SuperNode authentication.
+@pytest.mark.parametrize(("tls", "auth"), [(False, False), (True, True)], ids=["plain", "tls+auth"])
 def test_loopback_deployment(tmp_path: Path, small_data: Path, tls: bool, auth: bool) -> None:
     result = loopback_run(tmp_path, small_data, clients=2, started_nodes=2, tls=tls, auth=auth)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
