@@ -7,19 +7,22 @@ Usage: .venv/bin/python scripts/annotate_screenshot.py [OUTPUT]
 from __future__ import annotations
 
 import io
-import socket
-import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import uvicorn
 from PIL import Image, ImageDraw
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
+from fedal.app.annotate import annotate_app
 from fedal.labelling_queue import LabellingQueue
 
 CLASSES = ("cat", "dog", "bird", "car")
@@ -38,20 +41,21 @@ def demo_image(path: Path, seed: int) -> None:
     image.save(path)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"fedal annotate does not listen on port {port}")
+@contextmanager
+def serving(node: Path) -> Iterator[int]:
+    """The labelling page of ``node`` served by uvicorn in a thread; yields its port."""
+    server = uvicorn.Server(
+        uvicorn.Config(annotate_app(node), host="127.0.0.1", port=0, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.1)
+    try:
+        yield int(server.servers[0].sockets[0].getsockname()[1])
+    finally:
+        server.should_exit = True
+        thread.join()
 
 
 def main(output: Path) -> None:
@@ -67,23 +71,18 @@ def main(output: Path) -> None:
         queue.enqueue(np.arange(3, 6), round_number=2)
         for image, label in ((0, 1), (1, 0), (2, 3)):
             queue.answer(image, label)
-        port = free_port()
-        fedal = Path(sys.executable).parent / "fedal"
-        page = subprocess.Popen([str(fedal), "annotate", str(node), "--port", str(port)])
         options = webdriver.ChromeOptions()
         options.binary_location = "/usr/bin/chromium"
         for argument in ("--headless=new", "--no-sandbox", "--window-size=720,820"):
             options.add_argument(argument)
         driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
         try:
-            wait_for_port(port)
-            driver.get(f"http://127.0.0.1:{port}/")
-            driver.find_element(By.ID, "image")
-            png = driver.get_screenshot_as_png()
+            with serving(node) as port:
+                driver.get(f"http://127.0.0.1:{port}/")
+                driver.find_element(By.ID, "image")
+                png = driver.get_screenshot_as_png()
         finally:
             driver.quit()
-            page.terminate()
-            page.wait(timeout=30)
     with Image.open(io.BytesIO(png)) as shot:  # a palette keeps the file small
         shot.convert("RGB").quantize(colors=64).save(output, optimize=True)
     print(output)
