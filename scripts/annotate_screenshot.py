@@ -35,7 +35,7 @@ def demo_image(path: Path, seed: int) -> None:
     ramp = np.linspace(0, 60, 160)[None, :, None]
     pixels = np.clip(base[None, None, :] + ramp + rng.normal(0, 6, (120, 160, 3)), 0, 255)
     image = Image.fromarray(pixels.astype(np.uint8))
-    x, y = rng.integers(30, 130), rng.integers(30, 90)
+    x, y = int(rng.integers(30, 130)), int(rng.integers(30, 90))
     ImageDraw.Draw(image).ellipse((x - 25, y - 25, x + 25, y + 25), fill=(240, 230, 90))
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
