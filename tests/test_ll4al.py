@@ -6,12 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from strategy_context import make_context
+from strategy_context import feature_context, make_context
 from torch import nn
 
 from fedal.models import Classifier
 from fedal.schema import ConfigError
-from fedal.views import InputSpec, SampleView
 from strategies import build_strategy
 from strategies.base import RoundContext
 from strategies.ll4al import LearningLoss, LossPredictionModule, margin_ranking_loss
@@ -28,21 +27,8 @@ def line_context(seed: int = 0) -> RoundContext:
     with torch.no_grad():
         model.head.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
         model.head.bias.zero_()
-    spec = InputSpec(mean=(), std=())
-    rows = np.arange(60, 90)
-    return RoundContext(
-        model=model.eval(),
-        labelled=SampleView(source, np.arange(60), spec, np.zeros(60, dtype=np.int64)),
-        candidates=SampleView(source, rows, spec),
-        private_unlabelled=SampleView(source, rows, spec),
-        num_classes=2,
-        device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(seed),
-        rng=np.random.default_rng(seed),
-        round=1,
-        batch_size=16,
-        build_model=lambda *args, **kwargs: model,
-    )
+    labels = np.zeros(60, dtype=np.int64)
+    return feature_context(model.eval(), source, labels, 60, seed=seed, batch_size=16)
 
 
 def test_margin_ranking_loss_matches_equation_2_by_hand() -> None:
