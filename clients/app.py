@@ -7,7 +7,8 @@ The server sends the global task-model arrays and a :class:`~clients.protocol.Ro
 leaves the client (with SCAFFOLD also the control update delta c_i; the client keeps its
 control variate c_i in its state). The same code serves simulation and deployment, on a
 benchmark partition (``partition-id``) or on the node's own folder of images
-(``data.dataset = "image-folder"``, :mod:`fedal.node_folder`), labelled by a person. With
+(``data.dataset = "image-folder"``, :mod:`fedal.node_folder`), labelled by a person; with
+``federation.packs`` one node runs the clients of its pack one after another. With
 ``experiment.checkpoint`` it also writes its state to the run's checkpoint directory
 after each round, and a resumed run (``experiment.resume``) starts from that file.
 """
@@ -21,13 +22,16 @@ from pathlib import Path
 
 import psutil
 import torch
-from flwr.app import Context, Message
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.protocol import (
     CLIENT_ID_ACTION,
+    PACK_ACTION,
     ClientIdAnswer,
     ClientIdQuery,
+    PackedReply,
+    PackedTask,
     RoundReply,
     RoundTask,
 )
@@ -106,16 +110,65 @@ def client_id(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """One round: train the helper, query, reply with helper arrays and metrics (the
-    report's :class:`~fedal.reports.ClientCost` completed here)."""
+    """One round of this node's client."""
+    return Message(content=train_client(msg.content, context), reply_to=msg)
+
+
+@app.train(PACK_ACTION)
+def train_pack(msg: Message, context: Context) -> Message:
+    """One round of each drawn client of this node's pack (``federation.packs``), one
+    after another in this process; each client's state lives in ``context.state`` under
+    its own keys (:func:`client_context`)."""
+    task = PackedTask.from_content(msg.content)
+    config = RoundTask.from_content(task.content).config
+    pack = partition_of(context, config.federation.packs)
+    replies = {}
+    for client in task.clients:
+        if client % config.federation.packs != pack:
+            raise ValueError(f"client {client} is not in pack {pack}")
+        own = client_context(context, client, config.data.num_clients)
+        replies[client] = train_client(task.content, own)
+        keep_client_state(context, client, own.state)
+    return Message(content=PackedReply(replies).to_content(), reply_to=msg)
+
+
+def client_context(context: Context, client: int, num_clients: int) -> Context:
+    """The context client ``client`` of a pack would have on a node of its own: its
+    partition and the state stored under its keys."""
+    suffix = f"@{client}"
+    state = RecordDict(
+        {
+            key.removesuffix(suffix): record
+            for key, record in context.state.items()
+            if key.endswith(suffix)
+        }
+    )
+    return Context(
+        run_id=context.run_id,
+        node_id=context.node_id,
+        node_config={"partition-id": client, "num-partitions": num_clients},
+        state=state,
+        run_config=context.run_config,
+    )
+
+
+def keep_client_state(context: Context, client: int, state: RecordDict) -> None:
+    """Store a pack client's state in the node's ``context.state`` under its keys."""
+    for key, record in state.items():
+        context.state[f"{key}@{client}"] = record
+
+
+def train_client(content: RecordDict, context: Context) -> RecordDict:
+    """One round of the client of ``context``: train, query, and the reply's content
+    (the report's :class:`~fedal.reports.ClientCost` completed here)."""
     started = time.perf_counter()
-    task = RoundTask.from_message(msg)
+    task = RoundTask.from_content(content)
     config, server_round = task.config, task.server_round
     client = partition_of(context, config.data.num_clients)
     run = RunDirectory(Path(config.experiment.run_dir))
     with run.client_lock(client):
         restore_newest_state(context, run, client, server_round)
-        reply, load_seconds = train_one_round(msg, context, task, client, run)
+        reply, load_seconds = train_one_round(content, context, task, client, run)
     cost = replace(
         reply.report.cost,
         load_seconds=load_seconds,
@@ -125,8 +178,7 @@ def train(msg: Message, context: Context) -> Message:
         worker_start_seconds=WORKER_START.take(),
         worker_peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     )
-    reply = replace(reply, report=replace(reply.report, cost=cost))
-    return Message(content=reply.to_content(), reply_to=msg)
+    return replace(reply, report=replace(reply.report, cost=cost)).to_content()
 
 
 def restore_newest_state(
@@ -169,7 +221,7 @@ def client_data(
 
 
 def train_one_round(
-    msg: Message, context: Context, task: RoundTask, client: int, run: RunDirectory
+    content: RecordDict, context: Context, task: RoundTask, client: int, run: RunDirectory
 ) -> tuple[RoundReply, float]:
     """Train, query and store the new state (in ``context.state``, and on disk with
     ``experiment.checkpoint``); the reply and the seconds spent loading data."""
@@ -193,7 +245,7 @@ def train_one_round(
         dataset,
         pool,
         strategy,
-        msg.content.array_records["arrays"].to_torch_state_dict(),
+        content.array_records["arrays"].to_torch_state_dict(),
         server_round,
         default_device(),
         ledger_from=task.ledger_known[client],

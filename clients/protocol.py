@@ -1,6 +1,6 @@
 """The round protocol between fedal's ServerApp and ClientApp, typed.
 
-Three exchanges, each a dataclass with exactly one conversion to and one from Flower
+Four exchanges, each a dataclass with exactly one conversion to and one from Flower
 records:
 
 - :class:`ClientIdQuery` / :class:`ClientIdAnswer`: the server asks a node once which
@@ -10,6 +10,10 @@ records:
   ``server-round`` counts the rounds of one ``strategy.start`` call and is not used) and,
   in a resumed run, the round it resumed after.
 - :class:`RoundReply`: the helper's arrays and the :class:`~fedal.reports.ClientReport`.
+- :class:`PackedTask` / :class:`PackedReply`: with ``federation.packs`` one node trains
+  several clients (:mod:`fedal.app.packing`): the round's train content travels once with
+  the list of the pack's drawn clients, and the reply holds each client's
+  :class:`RoundReply` content under its keys suffixed with ``@<client>``.
 
 With ``federation.aggregation = "scaffold"`` (Karimireddy et al. 2020, Algorithm 1) the
 task also carries the server control variate c (one extra ``ArrayRecord`` in the train
@@ -23,7 +27,7 @@ does not validate the same config again every round (it was validated at the edg
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -32,7 +36,6 @@ from flwr.app import (
     Array,
     ArrayRecord,
     ConfigRecord,
-    Message,
     MessageType,
     MetricRecord,
     RecordDict,
@@ -43,6 +46,9 @@ from fedal.reports import ClientReport
 
 CLIENT_ID_ACTION = "client_id"
 CLIENT_ID_QUERY = f"{MessageType.QUERY}.{CLIENT_ID_ACTION}"
+PACK_ACTION = "pack"
+PACKED_TRAIN = f"{MessageType.TRAIN}.{PACK_ACTION}"
+_PACK_KEY = "fedal-pack"
 _ROUND_KEY = "fedal-round"
 _CONFIG_KEY = "fedal-config"
 _LEDGER_KEY = "fedal-ledger-known"
@@ -129,9 +135,9 @@ class RoundTask:
         return {CONTROL_KEY: ArrayRecord(arrays)}
 
     @classmethod
-    def from_message(cls, message: Message) -> RoundTask:
-        record = message.content.config_records["config"]
-        control = message.content.array_records.get(CONTROL_KEY)
+    def from_content(cls, content: RecordDict) -> RoundTask:
+        record = content.config_records["config"]
+        control = content.array_records.get(CONTROL_KEY)
         return cls(
             server_round=record_int(record, _ROUND_KEY),
             config=_parse_config(str(record[_CONFIG_KEY])),
@@ -183,3 +189,52 @@ class RoundReply:
     def report_in(content: RecordDict) -> ClientReport:
         """Only the report of a reply, without converting its arrays."""
         return ClientReport.from_metrics(content.metric_records["metrics"])
+
+
+@dataclass(frozen=True)
+class PackedTask:
+    """One round for the drawn clients of one pack: ``content`` is what each of them would
+    get on its own (the global arrays, the :class:`RoundTask` record, SCAFFOLD's c)."""
+
+    clients: tuple[int, ...]
+    content: RecordDict
+
+    def to_content(self) -> RecordDict:
+        packed = RecordDict(dict(self.content.items()))
+        packed[_PACK_KEY] = ConfigRecord({"clients": list(self.clients)})
+        return packed
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> PackedTask:
+        clients = tuple(_int_list(content.config_records[_PACK_KEY], "clients"))
+        rest = RecordDict({key: record for key, record in content.items() if key != _PACK_KEY})
+        return cls(clients=clients, content=rest)
+
+
+@dataclass(frozen=True)
+class PackedReply:
+    """The replies of a pack's clients: each a :class:`RoundReply` content, by client."""
+
+    replies: dict[int, RecordDict] = field(default_factory=dict)
+
+    def to_content(self) -> RecordDict:
+        packed = RecordDict({_PACK_KEY: ConfigRecord({"clients": list(self.replies)})})
+        for client, content in self.replies.items():
+            for key, record in content.items():
+                packed[f"{key}@{client}"] = record
+        return packed
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> PackedReply:
+        clients = _int_list(content.config_records[_PACK_KEY], "clients")
+        replies = {
+            client: RecordDict(
+                {
+                    key.removesuffix(f"@{client}"): record
+                    for key, record in content.items()
+                    if key.endswith(f"@{client}")
+                }
+            )
+            for client in clients
+        }
+        return cls(replies)

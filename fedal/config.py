@@ -214,6 +214,14 @@ class FederationSection(Schema):
     round_timeout: float = Field(3600.0, gt=0, description="seconds to wait for replies")
     connect_timeout: float = Field(600.0, gt=0, description="seconds to wait for all clients")
     min_train_clients: int = Field(1, ge=1, description="fewest replies a round may use")
+    packs: int = Field(
+        0,
+        ge=0,
+        description=(
+            "0: a Flower node per client; P >= 1: P nodes, node p running the drawn clients "
+            "k with k % P == p one after another in one worker (packed execution)"
+        ),
+    )
 
 
 class ExperimentConfig(Schema):
@@ -243,6 +251,26 @@ class ExperimentConfig(Schema):
                 "drops a reply that comes later)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _packs_fit_the_clients(self) -> ExperimentConfig:
+        packs = self.federation.packs
+        if packs > self.data.num_clients:
+            raise ValueError(
+                f"federation.packs {packs} is more than data.num_clients "
+                f"{self.data.num_clients}; allowed: 0 (a node per client) to num_clients"
+            )
+        if packs and self.data.dataset == FOLDER_DATASET:
+            raise ValueError(
+                "federation.packs must be 0 with data.dataset 'image-folder': each node "
+                "folder is one client on its own device"
+            )
+        return self
+
+    @property
+    def node_count(self) -> int:
+        """Flower nodes of the federation: one per pack, or one per client."""
+        return self.federation.packs or self.data.num_clients
 
     def replace(self, section: str, **changes: Any) -> ExperimentConfig:
         """A copy with some fields of one section changed (validated again)."""

@@ -264,3 +264,15 @@ def test_helper_loss_options_default_to_plain_cross_entropy() -> None:
     assert (training.loss, training.kcfu) == ("cross_entropy", False)
     assert (training.evidential_kl_weight, training.evidential_annealing_rounds) == (0.01, 10)
     assert training.kcfu_mix_alpha == 2.0
+
+
+def test_packs_must_fit_the_clients_and_the_benchmark_data() -> None:
+    message = _error(["data.num_clients=4", "federation.packs=5"])
+    assert "\n" not in message and "federation.packs 5" in message and "num_clients 4" in message
+    folders = ['data.dataset="image-folder"', 'data.classes="a,b"', 'data.test_dir="t"']
+    assert "federation.packs must be 0" in _error(
+        [*folders, 'oracle.annotator="human"', "federation.packs=2"]
+    )
+    packed = from_dict({"data": {"num_clients": 10}, "federation": {"packs": 3}})
+    assert packed.node_count == 3
+    assert from_dict({"data": {"num_clients": 10}}).node_count == 10

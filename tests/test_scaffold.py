@@ -184,7 +184,7 @@ def test_the_control_variates_cross_the_flower_boundary_once_each_way() -> None:
     content = RecordDict({"config": task.to_config_record(), **task.to_array_records()})
     assert CONTROL_KEY in content.array_records
     message = cast(Message, SimpleNamespace(content=content))  # what a client receives
-    parsed = RoundTask.from_message(message)
+    parsed = RoundTask.from_content(message.content)
     assert parsed.control is not None
     np.testing.assert_array_equal(parsed.control["w"], [0.5, 1.5])
     plain = RoundTask(3, config.replace("federation", aggregation="fedavg"), (0,))

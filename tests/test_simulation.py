@@ -237,6 +237,35 @@ def test_partial_participation_draws_the_same_clients_every_run(
     assert np.array_equal(read_ledger(second), read_ledger(first))
 
 
+def test_packed_execution_gives_the_run_of_a_node_per_client(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """Two nodes running two clients each, one after another (federation.packs=2), with
+    half the clients drawn per round: the same draw, ledger, uploads and accuracies as
+    four nodes; each pack worker served its clients in one process."""
+    overrides = ("data.num_clients=4", "federation.fraction_train=0.5", "federation.rounds=3")
+    apart = run(tiny_config(data_dir, tmp_path, *overrides), tmp_path / "apart")
+    packed = run(
+        tiny_config(data_dir, tmp_path, *overrides, "federation.packs=2"), tmp_path / "packed"
+    )
+    rows = {
+        name: RunDirectory(path).read_rounds()
+        for name, path in [("apart", apart), ("packed", packed)]
+    }
+    assert [r["test_accuracy"] for r in rows["packed"]] == [
+        r["test_accuracy"] for r in rows["apart"]
+    ]
+    assert [sorted(c["client"] for c in r["clients"]) for r in rows["packed"]] == [
+        sorted(c["client"] for c in r["clients"]) for r in rows["apart"]
+    ]
+    assert np.array_equal(read_ledger(packed), read_ledger(apart))
+    assert_same_uploads(apart, packed)
+    for row in rows["packed"][1:]:
+        pack_pids = {(c["client"] % 2, c["worker-pid"]) for c in row["clients"]}
+        packs = {pack for pack, _ in pack_pids}
+        assert len(pack_pids) == len(packs), "a pack's clients ran in different processes"
+
+
 def test_fedal_run_joins_a_ray_head_started_with_ray_start(
     shared_ray_head: RayHead,
     baseline: Path,
@@ -436,7 +465,7 @@ def test_failed_and_late_replies_are_recorded_and_their_labels_reach_the_ledger(
     @unreliable.train()
     def train_and_fail_or_be_late(msg: Message, context: Context) -> Message:
         reply = train(msg, context)
-        task = RoundTask.from_message(msg)
+        task = RoundTask.from_content(msg.content)
         client = partition_of(context, task.config.data.num_clients)
         if (task.server_round, client) == (2, 1):
             return Message(Error(code=1, reason="injected: the reply is lost"), reply_to=msg)

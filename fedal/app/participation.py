@@ -24,12 +24,27 @@ from clients.protocol import CLIENT_ID_QUERY, ClientIdAnswer, ClientIdQuery
 
 
 class Participation:
-    """The seed of the per-round client draw and the node -> client-id directory."""
+    """The seed of the per-round client draw and the node -> client-id directory (with
+    ``packs``, :mod:`fedal.app.packing`, node -> pack id: Flower then draws from the
+    client ids themselves)."""
 
-    def __init__(self, seed: int, num_clients: int) -> None:
+    def __init__(self, seed: int, num_clients: int, packs: int = 0) -> None:
         self.seed = seed
         self.num_clients = num_clients
+        self.packs = packs
         self.node_clients: dict[int, int] = {}
+
+    def client_of(self, node: int) -> int:
+        """The client of a (reply's) node id; packed, replies come from client ids."""
+        return node if self.packs else self.node_clients[node]
+
+    def drawable(self, grid: Grid) -> list[int]:
+        """What Flower draws from: the nodes in client order or, packed, the client ids
+        once every pack's node is connected."""
+        nodes = self.ordered_nodes(grid)
+        if not self.packs:
+            return nodes
+        return list(range(self.num_clients)) if len(nodes) == self.packs else []
 
     def grid_for_round(self, grid: Grid, server_round: int) -> ClientOrderedGrid:
         """The grid to hand to Flower's ``configure_train`` for the run's round
@@ -38,11 +53,12 @@ class Participation:
         return ClientOrderedGrid(grid, self, draw_seed)
 
     def ordered_nodes(self, grid: Grid) -> list[int]:
-        """The connected nodes sorted by client id (unknown nodes are asked first)."""
+        """The connected nodes sorted by client (or pack) id; unknown nodes are asked."""
         nodes = list(grid.get_node_ids())
         unknown = [node for node in nodes if node not in self.node_clients]
         if unknown:
-            self.node_clients.update(ask_client_ids(grid, unknown, self.num_clients))
+            count = self.packs or self.num_clients
+            self.node_clients.update(ask_client_ids(grid, unknown, count))
         clients = {node: self.node_clients[node] for node in nodes}
         if len(set(clients.values())) < len(clients):
             raise RuntimeError(f"connected nodes share a partition-id (node: client): {clients}")
@@ -64,7 +80,7 @@ class ClientOrderedGrid:
         self._draw_seed = draw_seed
 
     def get_node_ids(self) -> Iterator[int]:
-        nodes = self._participation.ordered_nodes(self._grid)
+        nodes = self._participation.drawable(self._grid)
         random.seed(self._draw_seed)
         return iter(nodes)
 
@@ -91,16 +107,17 @@ class MissingClientsError(RuntimeError):
     """Not every client connected in time; the message says which setting to change."""
 
 
-def wait_for_clients(grid: Grid, num_clients: int, timeout: float, poll: float = 1.0) -> None:
-    """Wait until a node per client is connected (SuperNodes start in any order); fail
-    with one line after ``timeout`` seconds instead of waiting forever."""
+def wait_for_clients(grid: Grid, nodes: int, timeout: float, poll: float = 1.0) -> None:
+    """Wait until ``nodes`` nodes (one per client, or per pack) are connected (SuperNodes
+    start in any order); fail with one line after ``timeout`` seconds instead of waiting
+    forever."""
     deadline = time.monotonic() + timeout
-    while (connected := len(list(grid.get_node_ids()))) < num_clients:
+    while (connected := len(list(grid.get_node_ids()))) < nodes:
         if time.monotonic() >= deadline:
             raise MissingClientsError(
-                f"only {connected} of data.num_clients={num_clients} clients connected within "
-                f"federation.connect_timeout={timeout:g} s; start the missing SuperNodes "
-                f'(--node-config "partition-id=K num-partitions={num_clients}") or raise '
-                "federation.connect_timeout"
+                f"only {connected} of {nodes} nodes (data.num_clients, or federation.packs "
+                f"when set) connected within federation.connect_timeout={timeout:g} s; start "
+                f'the missing SuperNodes (--node-config "partition-id=K num-partitions={nodes}")'
+                " or raise federation.connect_timeout"
             )
         time.sleep(poll)

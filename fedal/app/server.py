@@ -26,6 +26,7 @@ from flwr.serverapp.strategy.fedopt import FedOpt
 
 from clients.protocol import RoundReply, RoundTask
 from clients.round import zero_control
+from fedal.app.packing import Packing
 from fedal.app.participation import Participation, wait_for_clients
 from fedal.app.preflight import checked_config
 from fedal.app.progress import RoundProgress
@@ -136,6 +137,7 @@ def strict_and_ordered(strategy_class: type[Strategy]) -> type[Strategy]:
             self,
             *args: Any,
             participation: Participation,
+            packing: Packing | None,
             task: Callable[[int], RoundTask],
             reports: RoundReports,
             first_round: int,
@@ -144,6 +146,7 @@ def strict_and_ordered(strategy_class: type[Strategy]) -> type[Strategy]:
         ) -> None:
             super().__init__(*args, **kwargs)
             self.participation = participation
+            self.packing = packing
             self.task = task
             self.reports = reports
             self.rounds_before = first_round - 1
@@ -165,6 +168,9 @@ def strict_and_ordered(strategy_class: type[Strategy]) -> type[Strategy]:
                 for key, record in extra.items():
                     message.content[key] = record
             self.drawn = [message.metadata.dst_node_id for message in messages]
+            if self.packing is not None:
+                nodes = {pack: node for node, pack in self.participation.node_clients.items()}
+                messages = self.packing.pack_messages(messages, nodes)
             self.sent_at = time.perf_counter()
             return messages
 
@@ -172,6 +178,8 @@ def strict_and_ordered(strategy_class: type[Strategy]) -> type[Strategy]:
             absolute = self.rounds_before + server_round
             exchange_seconds = time.perf_counter() - self.sent_at
             replies = list(replies)
+            if self.packing is not None:
+                replies = self.packing.unpack_replies(replies, self.participation.node_clients)
             dropped = self._dropped(replies)
             replies = [reply for reply in replies if not reply.has_error()]
             if len(replies) < self.min_train_nodes:
@@ -196,7 +204,6 @@ def strict_and_ordered(strategy_class: type[Strategy]) -> type[Strategy]:
 
         def _dropped(self, replies: list[Message]) -> list[DroppedClient]:
             """Drawn clients without a usable reply: failed (Flower's reason) or silent."""
-            clients = self.participation.node_clients
             reasons = {
                 reply.metadata.src_node_id: f"failed: {reply.error.reason}"
                 for reply in replies
@@ -207,7 +214,10 @@ def strict_and_ordered(strategy_class: type[Strategy]) -> type[Strategy]:
                 if node not in replied:
                     reasons[node] = f"no reply within {self.round_timeout:g} s"
             return sorted(
-                (DroppedClient(clients[node], reason) for node, reason in reasons.items()),
+                (
+                    DroppedClient(self.participation.client_of(node), reason)
+                    for node, reason in reasons.items()
+                ),
                 key=lambda dropped: dropped.client,
             )
 
@@ -329,7 +339,8 @@ def aggregation_strategy(
         "min_evaluate_nodes": 0,
         "min_available_nodes": config.data.num_clients,
         "train_metrics_aggr_fn": train_totals,
-        "participation": Participation(config.experiment.seed, config.data.num_clients),
+        "participation": Participation(config.experiment.seed, clients, fed.packs),
+        "packing": Packing(fed.packs) if fed.packs else None,
         "task": lambda server_round: RoundTask(server_round, config, known()),
         "reports": reports,
         "first_round": first_round,
@@ -436,7 +447,7 @@ def _serve_locked(grid: Grid, config: ExperimentConfig, run: RunDirectory) -> di
         discard_client_checkpoints_after(run, resumed.round)  # the interrupted run's
     else:
         run.refuse_if_taken()
-    wait_for_clients(grid, config.data.num_clients, config.federation.connect_timeout)
+    wait_for_clients(grid, config.node_count, config.federation.connect_timeout)
     start = resumed.round if resumed else 0
     if start >= config.federation.rounds:
         raise ValueError(

@@ -86,8 +86,9 @@ def simulate(
     ray_address: str | None = None,
     verbose: bool = False,
 ) -> None:
-    """Simulate ``data.num_clients`` clients for ``federation.rounds`` rounds into
-    ``experiment.run_dir`` (a new run directory when it is empty)."""
+    """Simulate ``data.num_clients`` clients (on ``federation.packs`` nodes if set) for
+    ``federation.rounds`` rounds into ``experiment.run_dir`` (a new run directory when it
+    is empty)."""
     from clients.app import app as client_app
     from fedal.app.server import app as server_app
 
@@ -98,7 +99,7 @@ def simulate(
         run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=run_config
     )
     _run_simulation(
-        num_supernodes=config.data.num_clients,
+        num_supernodes=config.node_count,
         exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
         client_app=client_app,
         server_app=server_app,
