@@ -53,6 +53,7 @@ from clients.state import (
 )
 from fedal.checkpoint import load_client_checkpoint, newest_client_round, save_client_checkpoint
 from fedal.choices import FOLDER_DATASET
+from fedal.compute import compute_context
 from fedal.config import ExperimentConfig
 from fedal.corruptions import experiment_data
 from fedal.datasets import LoadedDataset
@@ -240,18 +241,20 @@ def train_one_round(
             client_control = {name: torch.zeros_like(c) for name, c in server_control.items()}
         control = ControlVariates(server=server_control, client=client_control)
 
-    reply = run_client_round(
-        config,
-        dataset,
-        pool,
-        strategy,
-        content.array_records["arrays"].to_torch_state_dict(),
-        server_round,
-        default_device(),
-        ledger_from=task.ledger_known[client],
-        control=control,
-        annotator=annotator,
-    )
+    device = default_device()
+    with compute_context(device, config.training.bf16):
+        reply = run_client_round(
+            config,
+            dataset,
+            pool,
+            strategy,
+            content.array_records["arrays"].to_torch_state_dict(),
+            server_round,
+            device,
+            ledger_from=task.ledger_known[client],
+            control=control,
+            annotator=annotator,
+        )
     if control is not None and reply.control_delta is not None:
         save_control(context.state, next_client_control(control.client, reply.control_delta))
     save_pool(context.state, pool)

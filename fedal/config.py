@@ -21,6 +21,7 @@ from fedal.choices import (
     FOLDER_DATASET,
     Aggregation,
     AnnotatorKind,
+    Bf16Autocast,
     Corruption,
     DataChoice,
     HelperLoss,
@@ -136,6 +137,8 @@ class TrainingSection(Schema):
     (:mod:`fedal.kcfu`; mixup Beta(``kcfu_mix_alpha``, ``kcfu_mix_alpha``)), which needs
     ``loss = "cross_entropy"`` (its local loss is a balanced-softmax cross entropy).
     Fine-tuning (``finetune``) keeps LHD's cross entropy on pseudo-labels with either.
+    ``bf16``: where every client round and the central evaluation run under bf16
+    autocast (:mod:`fedal.compute`): on CUDA only, on every device, or nowhere.
     """
 
     epochs: int = Field(1, ge=0)
@@ -156,6 +159,9 @@ class TrainingSection(Schema):
     evidential_annealing_rounds: int = Field(10, ge=1)
     kcfu: bool = False
     kcfu_mix_alpha: float = Field(2.0, gt=0)
+    bf16: Bf16Autocast = Field(
+        "cuda", description="bf16 autocast: on CUDA only (default), on every device, or off"
+    )
 
     @model_validator(mode="after")
     def _kcfu_needs_cross_entropy(self) -> TrainingSection:

@@ -2,16 +2,41 @@
 
 Clients and query strategies never copy the dataset: they hold index arrays into the
 process-wide arrays of :mod:`fedal.datasets` and turn a view into model-ready tensors
-one batch at a time.
+one batch at a time. On CUDA the raw array is copied to the device once per process
+(:func:`resident`) and batches are gathered and normalised there, in the channels_last
+layout (:func:`fedal.compute.input_memory_format`).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from fedal.compute import input_memory_format
+
+_RESIDENT_ARRAYS = 4  # raw arrays kept on a device per process (train, test, noisy sets)
+_resident: dict[tuple[int, str], tuple[np.ndarray, torch.Tensor]] = {}
+
+
+def resident(source: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``source`` as a tensor on ``device``: on the CPU the same memory, elsewhere a copy
+    made once per process and array (the newest few arrays are kept)."""
+    if device.type == "cpu":
+        with warnings.catch_warnings():  # the datasets are read-only; batches are copies
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(source)
+    key = (id(source), str(device))
+    held = _resident.get(key)
+    if held is None or held[0] is not source:
+        while len(_resident) >= _RESIDENT_ARRAYS:
+            _resident.pop(next(iter(_resident)))
+        held = (source, torch.as_tensor(np.ascontiguousarray(source), device=device))
+        _resident[key] = held
+    return held[1]
 
 
 @dataclass(frozen=True)
@@ -26,12 +51,16 @@ class InputSpec:
 
     def to_tensor(self, raw: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
         """Convert a raw batch (uint8 NCHW images or float features) to a float tensor."""
-        batch = torch.as_tensor(np.ascontiguousarray(raw), device=device)
+        return self.normalise(torch.as_tensor(np.ascontiguousarray(raw), device=device))
+
+    def normalise(self, batch: torch.Tensor) -> torch.Tensor:
+        """A raw batch already on its device as model input (channels_last on CUDA)."""
         if batch.dtype != torch.uint8:
             return batch.float()
-        mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
-        return (batch.float().div_(255.0) - mean) / std
+        mean = torch.tensor(self.mean, device=batch.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=batch.device).view(1, -1, 1, 1)
+        normalised = (batch.float().div_(255.0) - mean) / std
+        return normalised.contiguous(memory_format=input_memory_format(batch.device))
 
 
 @dataclass(frozen=True)
@@ -59,8 +88,9 @@ class SampleView:
 
     def inputs(self, rows: np.ndarray | slice, device: torch.device | str = "cpu") -> torch.Tensor:
         """Model-ready inputs for the view's ``rows`` (positions within this view)."""
-        chosen = self.positions[rows]
-        return self.spec.to_tensor(self.source[chosen], device)
+        device = torch.device(device)
+        chosen = torch.as_tensor(self.positions[rows], device=device)
+        return self.spec.normalise(resident(self.source, device)[chosen])
 
     def targets(self, rows: np.ndarray | slice, device: torch.device | str = "cpu") -> torch.Tensor:
         """The held labels for ``rows`` as an int64 tensor."""

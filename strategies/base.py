@@ -111,7 +111,9 @@ class QueryStrategy(ABC):
 
 def top_k(scores: torch.Tensor | np.ndarray, budget: int) -> np.ndarray:
     """Positions of the ``budget`` largest scores; ties broken by the lower position."""
-    values = np.asarray(scores.detach().cpu() if isinstance(scores, torch.Tensor) else scores)
+    values = np.asarray(
+        scores.detach().float().cpu() if isinstance(scores, torch.Tensor) else scores
+    )
     budget = min(budget, len(values))
     order = np.argsort(-values, kind="stable")
     return order[:budget].astype(np.int64)

@@ -42,7 +42,9 @@ def test_bench_sampling_writes_json_and_prints_a_table(
     assert status == 0
     report = json.loads(output.read_text())
     stored = json.loads(STORED_REPORT.read_text())
-    assert list(report) == list(stored)
+    # the stored report predates the bf16 setting and the forward-pass rows
+    assert [key for key in report if key not in ("bf16", "forwards")] == list(stored)
+    assert report["bf16"] == "cuda" and report["forwards"][0]["model"] == "resnet8"
     assert list(report["memory_method"]) == list(stored["memory_method"])
     assert (report["pool"], report["budget"], report["labelled"]) == (64, 8, 16)
     assert report["image_shape"] == [3, 32, 32]
@@ -177,3 +179,28 @@ def test_inference_clock_counts_outermost_passes_inside_its_block() -> None:
     assert clock.passes == 2
     assert clock.seconds >= 0
     assert not clock.running
+
+
+def test_the_scoring_forward_is_counted_and_the_bench_runs_the_bf16_path() -> None:
+    """bf16 autocast everywhere (the CUDA path, here on the CPU): the strategies still
+    select, and the forward pass reports its arithmetic (no peak known for a CPU)."""
+    settings = SamplingSettings(
+        pool=64,
+        budget=8,
+        labelled=16,
+        strategies=("entropy", "badge"),
+        models=("resnet8",),
+        device="cpu",
+        batch_size=32,
+        dropout=0.0,
+        seed=0,
+        bf16="always",
+    )
+    report = run_sampling_bench(settings)
+    assert report.bf16 == "always"
+    assert all(isinstance(row, StrategyCost) and row.selected == 8 for row in report.results)
+    (forward,) = report.forwards
+    assert forward.model == "resnet8" and forward.gflop_per_image > 0.01
+    assert forward.tflops == pytest.approx(forward.gflop_per_image * 64 / forward.seconds / 1000)
+    assert forward.peak_tflops is None and forward.peak_fraction is None
+    assert report.as_dict()["forwards"][0]["model"] == "resnet8"

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from clients.round import SelectionError, check_selection, query_budget, run_client_round
+from fedal.compute import compute_context
 from fedal.config import load_config
 from fedal.models import build_for_dataset
 from fedal.shards import load_experiment
@@ -91,3 +92,27 @@ def test_selection_contract_is_enforced() -> None:
         check_selection(np.array([1]), 2, 5, "x")
     with pytest.raises(SelectionError, match="outside"):
         check_selection(np.array([1, 7]), 2, 5, "x")
+
+
+def test_a_round_under_bf16_autocast_uploads_float32_and_is_reproducible() -> None:
+    """The CUDA compute path on the CPU (training.bf16 = "always"): the helper computes
+    in bf16 but keeps and uploads float32 weights, learns, and repeats from its seed."""
+    config, experiment, state = setup("query.budget_per_query=3", 'training.bf16="always"')
+    outcomes = []
+    for _ in range(2):
+        pool = experiment.new_pool(config, 2)
+        with compute_context(torch.device("cpu"), config.training.bf16):
+            outcomes.append(one_round(config, experiment, state, pool, 1, strategy="entropy"))
+    first, second = outcomes
+    assert {t.dtype for t in first.helper_state.values() if t.is_floating_point()} == {
+        torch.float32
+    }
+    assert any(not torch.equal(first.helper_state[k], state[k]) for k in state)
+    for name, value in first.helper_state.items():
+        assert torch.equal(value, second.helper_state[name]), name
+    assert first.report.ledger == second.report.ledger
+    pool = experiment.new_pool(config, 2)
+    in_float32 = one_round(config, experiment, state, pool, 1, strategy="entropy")
+    assert any(not torch.equal(first.helper_state[k], in_float32.helper_state[k]) for k in state), (
+        "the round did not compute in bf16"
+    )

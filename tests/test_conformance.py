@@ -17,6 +17,7 @@ import pytest
 import torch
 from strategy_context import make_context
 
+from fedal.compute import compute_context
 from strategies import available, build_strategy, strategy_class
 from strategies.base import QueryStrategy, RoundContext
 
@@ -108,6 +109,18 @@ def test_budgets_give_exactly_min_budget_pool_distinct_positions(name: str) -> N
 def test_same_seed_gives_same_selection(name: str) -> None:
     first, _ = run(name, tiny_context(seed=3))
     second, _ = run(name, tiny_context(seed=3))
+    np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fit_and_select_run_under_bf16_autocast(name: str) -> None:
+    """The CUDA compute path (fedal.compute), here on the CPU: every strategy trains
+    and scores under bf16 autocast and still selects validly and reproducibly."""
+    ctx = tiny_context(seed=5)
+    with compute_context(torch.device("cpu"), "always"):
+        first, _ = run(name, ctx)
+        second, _ = run(name, tiny_context(seed=5))
+    assert_valid(first, ctx, BUDGET)
     np.testing.assert_array_equal(first, second)
 
 

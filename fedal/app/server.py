@@ -36,6 +36,7 @@ from fedal.checkpoint import (
     load_server_checkpoint,
     save_server_checkpoint,
 )
+from fedal.compute import compute_context
 from fedal.config import ExperimentConfig, from_flat
 from fedal.datasets import LoadedDataset
 from fedal.models import build_for_dataset
@@ -485,7 +486,8 @@ def _serve_locked(grid: Grid, config: ExperimentConfig, run: RunDirectory) -> di
         server_round = start + local_round
         evaluating = time.perf_counter()
         model.load_state_dict(arrays.to_torch_state_dict())
-        stats = evaluate(model, test, device, config.training.eval_batch_size)
+        with compute_context(device, config.training.bf16):
+            stats = evaluate(model, test, device, config.training.eval_batch_size)
         metrics = MetricRecord({"accuracy": stats.accuracy, "loss": stats.loss})
         if resumed and local_round == 0:
             return metrics  # this round is already in the results

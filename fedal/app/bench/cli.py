@@ -44,6 +44,12 @@ def _add_sampling_parser(kinds: argparse._SubParsersAction) -> None:
     sampling.add_argument("--batch-size", type=int, default=512)
     sampling.add_argument("--dropout", type=float, default=0.3)
     sampling.add_argument("--seed", type=int, default=0)
+    sampling.add_argument(
+        "--bf16",
+        choices=("cuda", "always", "off"),
+        default="cuda",
+        help="bf16 autocast: on CUDA only (default), everywhere, or off",
+    )
     sampling.set_defaults(handler=cmd_bench_sampling)
 
 
@@ -77,6 +83,7 @@ def _sampling_settings(args: argparse.Namespace) -> SamplingSettings:
         batch_size=args.batch_size,
         dropout=args.dropout,
         seed=args.seed,
+        bf16=args.bf16,
     )
     sizes = {"pool": settings.pool, "batch-size": settings.batch_size}
     counts = {"budget": settings.budget, "labelled": settings.labelled}

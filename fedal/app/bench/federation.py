@@ -24,7 +24,7 @@ Phases, in seconds summed over clients (client phases) or over rounds (server ph
 Derived figures (the README's "Federation bench" defines them the same way):
 
 - ``slots``: clients that can run at once, ``min(clients per round, CPUs // client_cpus,
-  GPUs // client_gpus when client_gpus > 0)``;
+  GPUs // client_gpus when client_gpus > 0, federation.packs when set)``;
 - ``model_compute`` = training + strategy_fit + scoring + selection + evaluation, and
   ``framework_share = 1 - model_compute / (wall_seconds * slots)``: the share of the
   workers' wall time not spent computing with models (the server's evaluation counts as
@@ -60,6 +60,7 @@ from typing import Any
 
 import torch
 
+from fedal.compute import compute_context, input_memory_format, synchronise
 from fedal.config import ExperimentConfig
 from fedal.models import build_for_dataset
 from fedal.reports import ClientReport
@@ -121,6 +122,8 @@ def slots(config: ExperimentConfig, clients_per_round: int) -> int:
     """Clients that can run at once on this machine (see the module docstring)."""
     fed = config.federation
     limits = [clients_per_round, int(len(os.sched_getaffinity(0)) // fed.client_cpus)]
+    if fed.packs:
+        limits.append(fed.packs)
     if fed.client_gpus > 0:
         limits.append(int(torch.cuda.device_count() // fed.client_gpus))
     return max(1, min(limits))
@@ -131,10 +134,12 @@ def model_throughput(
 ) -> tuple[float, float]:
     """Images per second of the helper alone on ``device``: SGD training steps and
     inference passes on ``batch_size`` random inputs of the dataset's shape (after one
-    warm-up step each)."""
+    warm-up step each), computing as the clients do (:mod:`fedal.compute`)."""
     dataset = load_experiment(config).dataset
     model = build_for_dataset(config.model.helper, dataset, config.model.dropout).to(device)
     inputs = torch.randn((batch_size, *dataset.train_x.shape[1:]), device=device)
+    if inputs.dim() == 4:
+        inputs = inputs.contiguous(memory_format=input_memory_format(device))
     targets = torch.randint(0, dataset.meta.num_classes, (batch_size,), device=device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
 
@@ -148,22 +153,17 @@ def model_throughput(
             model(inputs)
 
     rates = []
-    for step, mode in ((train_step, True), (inference_step, False)):
-        model.train(mode)
-        step()
-        synchronise(device)
-        started = time.perf_counter()
-        for _ in range(steps):
+    with compute_context(device, config.training.bf16):
+        for step, mode in ((train_step, True), (inference_step, False)):
+            model.train(mode)
             step()
-        synchronise(device)
-        rates.append(batch_size * steps / (time.perf_counter() - started))
+            synchronise(device)
+            started = time.perf_counter()
+            for _ in range(steps):
+                step()
+            synchronise(device)
+            rates.append(batch_size * steps / (time.perf_counter() - started))
     return rates[0], rates[1]
-
-
-def synchronise(device: torch.device) -> None:
-    """Wait for the device's queued work (CUDA); nothing on the CPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class GpuSampler:

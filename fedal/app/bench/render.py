@@ -29,7 +29,19 @@ def render_sampling_report(report: SamplingReport, console: Console | None = Non
     for row in report.results:
         cells = _sampling_cells(row)
         table.add_row(*cells, *[""] * (len(SAMPLING_COLUMNS) - len(cells)))
-    (console or _wide_console()).print(table)
+    out = console or _wide_console()
+    out.print(table)
+    for forward in report.forwards:
+        peak = (
+            f", {forward.peak_fraction:.0%} of the {forward.peak_tflops:g} TFLOP/s bf16 peak"
+            if forward.peak_fraction is not None
+            else ""
+        )
+        out.print(
+            f"{forward.model} forward: {forward.seconds:.3f} s, "
+            f"{forward.gflop_per_image:.3f} GFLOP/image, {forward.tflops:.2f} TFLOP/s{peak} "
+            f"(bf16 autocast: {report.bf16})"
+        )
 
 
 def render_federation_report(report: FederationReport, console: Console | None = None) -> None:

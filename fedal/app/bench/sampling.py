@@ -18,7 +18,10 @@ What is measured, per scorer and strategy (wall clock; CUDA synchronised):
 
 - ``forward_s``: one :func:`strategies.scoring.predict_logits` pass of the scorer over
   the pool, timed once per scorer after a warm-up batch. The least a score-based
-  strategy pays.
+  strategy pays. Per scorer the report's ``forwards`` also give the pass's arithmetic
+  (``gflop_per_image``, counted by :class:`torch.utils.flop_counter.FlopCounterMode`),
+  the achieved ``tflops`` and, on a CUDA device with a known bf16 peak
+  (:data:`fedal.compute.BF16_PEAK_TFLOPS`), ``peak_fraction``.
 - ``fit_s``: ``strategy.fit(ctx)``, the training of a strategy's private networks (PSL's
   peers, PAL's scoring network, LHD's main/EMA pair, ADS's heads); zero for the others.
   Reported on its own: it is training, like the helper's, not selection.
@@ -45,6 +48,9 @@ What is measured, per scorer and strategy (wall clock; CUDA synchronised):
   its own networks (PSL's peers, PAL's, ADS's and LHD's private networks), else the
   scorer's trainable parameter count.
 
+Everything runs as the clients compute (:mod:`fedal.compute`): under bf16 autocast on
+CUDA unless ``--bf16 off``, channels_last inputs, cuDNN autotuning.
+
 Results are typed: a :class:`StrategyCost` per measured scorer and strategy, a
 :class:`StrategyFailure` where fit or select raised, and a :class:`SamplingReport`
 around them. Their ``as_dict()`` is the JSON the command writes, with the keys of
@@ -63,7 +69,10 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from fedal.choices import Bf16Autocast
+from fedal.compute import bf16_peak_tflops, compute_context, synchronise
 from fedal.models import Classifier, build_model, count_parameters
 from fedal.views import InputSpec, SampleView
 from strategies import RoundContext, available, build_strategy
@@ -96,6 +105,19 @@ class SamplingSettings:
     batch_size: int
     dropout: float
     seed: int
+    bf16: Bf16Autocast = "cuda"
+
+
+@dataclass(frozen=True)
+class ForwardCost:
+    """One scorer's forward pass over the pool (the module docstring's ``forwards``)."""
+
+    model: str
+    seconds: float
+    gflop_per_image: float
+    tflops: float
+    peak_tflops: float | None
+    peak_fraction: float | None
 
 
 @dataclass(frozen=True)
@@ -175,7 +197,9 @@ class SamplingReport:
     torch_threads: int
     batch_size: int
     seed: int
+    bf16: Bf16Autocast
     memory_method: MemoryMethod
+    forwards: tuple[ForwardCost, ...]
     results: tuple[StrategyRow, ...]
 
     def as_dict(self) -> dict[str, Any]:
@@ -184,6 +208,7 @@ class SamplingReport:
             **{field.name: getattr(self, field.name) for field in fields(self)},
             "image_shape": list(self.image_shape),
             "memory_method": asdict(self.memory_method),
+            "forwards": [asdict(forward) for forward in self.forwards],
             "results": [row.as_dict() for row in self.results],
         }
 
@@ -196,16 +221,22 @@ def run_sampling_bench(
     device = _resolve_device(settings.device)
     images, labels = _synthetic_pool(settings)
     rows: list[StrategyRow] = []
-    for model_name in settings.models:
-        scorer = _scorer(model_name, settings.seed, settings, device)
-        scorers = scorer, _scorer(model_name, settings.seed + 1, settings, device)
-        forward_s = _time_forward(_context(scorers, images, labels, settings, device))
-        progress(f"{model_name}: forward pass over {settings.pool} images {forward_s:.2f}s")
-        for name in names:
-            ctx = _context(scorers, images, labels, settings, device)
-            row = _bench_strategy(model_name, name, ctx, settings.budget, forward_s)
-            rows.append(row)
-            progress(f"{model_name} | {name}: {row.summary()}")
+    forwards: list[ForwardCost] = []
+    with compute_context(device, settings.bf16):
+        for model_name in settings.models:
+            scorer = _scorer(model_name, settings.seed, settings, device)
+            scorers = scorer, _scorer(model_name, settings.seed + 1, settings, device)
+            forward = _time_forward(model_name, _context(scorers, images, labels, settings, device))
+            forwards.append(forward)
+            progress(
+                f"{model_name}: forward pass over {settings.pool} images "
+                f"{forward.seconds:.2f}s ({forward.tflops:.2f} TFLOP/s)"
+            )
+            for name in names:
+                ctx = _context(scorers, images, labels, settings, device)
+                row = _bench_strategy(model_name, name, ctx, settings.budget, forward.seconds)
+                rows.append(row)
+                progress(f"{model_name} | {name}: {row.summary()}")
     return SamplingReport(
         pool=settings.pool,
         budget=settings.budget,
@@ -216,10 +247,12 @@ def run_sampling_bench(
         torch_threads=torch.get_num_threads(),
         batch_size=settings.batch_size,
         seed=settings.seed,
+        bf16=settings.bf16,
         memory_method=MemoryMethod(
             cpu="vmhwm" if _can_reset_hwm() else "ru_maxrss",
             cuda="max_memory_allocated" if device.type == "cuda" else None,
         ),
+        forwards=tuple(forwards),
         results=tuple(rows),
     )
 
@@ -334,29 +367,36 @@ def _context(
 # ---------------------------------------------------------------------------- measuring
 
 
-def _time_forward(ctx: RoundContext) -> float:
-    """Seconds of one scorer pass over the candidates, after a warm-up batch."""
+def _time_forward(model: str, ctx: RoundContext) -> ForwardCost:
+    """One scorer pass over the candidates, after a warm-up batch whose arithmetic is
+    counted: its seconds, FLOPs and the share of the device's bf16 peak."""
     warm_up = ctx.candidates.subset(np.arange(min(ctx.batch_size, len(ctx.candidates))))
-    predict_logits(ctx.model, warm_up, ctx.device, ctx.batch_size)
+    with FlopCounterMode(display=False) as counter:
+        predict_logits(ctx.model, warm_up, ctx.device, ctx.batch_size)
+    flop_per_image = counter.get_total_flops() / max(1, len(warm_up))
     _, seconds = _timed(
         lambda: predict_logits(ctx.model, ctx.candidates, ctx.device, ctx.batch_size),
         ctx.device,
     )
-    return seconds
+    tflops = flop_per_image * len(ctx.candidates) / seconds / 1e12
+    peak = bf16_peak_tflops(ctx.device)
+    return ForwardCost(
+        model=model,
+        seconds=seconds,
+        gflop_per_image=flop_per_image / 1e9,
+        tflops=tflops,
+        peak_tflops=peak,
+        peak_fraction=None if peak is None else tflops / peak,
+    )
 
 
 def _timed(work: Callable[[], T], device: torch.device) -> tuple[T, float]:
     """``work()``'s result and its wall time in seconds (CUDA synchronised)."""
-    _synchronise(device)
+    synchronise(device)
     started = time.perf_counter()
     result = work()
-    _synchronise(device)
+    synchronise(device)
     return result, time.perf_counter() - started
-
-
-def _synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @dataclass
