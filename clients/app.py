@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psutil
 import torch
+import torch._dynamo  # a process's first optimiser imports it (~1 s): here, at worker start
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 

@@ -77,6 +77,8 @@ def test_account_sums_the_phases_and_derives_the_shares() -> None:
     )
     assert report.model_compute_seconds == pytest.approx(4.4 + 1.5)
     assert report.framework_share == pytest.approx(1 - 5.9 / (10.0 * slots))
+    # round 2 alone: 3 s of wall, 2 x (1 + 0.1) s of clients' compute + 0.5 s evaluation
+    assert report.later_framework_share == pytest.approx(1 - 2.7 / (3.0 * slots))
     assert report.client_rounds == 4
     assert report.client_rounds_per_second == pytest.approx(0.4)
     assert (report.worker_processes, report.worker_starts_by_round) == (2, [2, 0])

@@ -29,6 +29,8 @@ Derived figures (the README's "Federation bench" defines them the same way):
   ``framework_share = 1 - model_compute / (wall_seconds * slots)``: the share of the
   workers' wall time not spent computing with models (the server's evaluation counts as
   model compute: it holds the machine while the workers wait);
+- ``later_framework_share``: the same over rounds 2 and later only (their wall time,
+  their clients' compute and evaluations): the share a long run converges to;
 - ``client_rounds_per_second`` = client rounds / wall seconds;
 - ``host_mib_per_client``: (this process's peak resident set, which holds the server, plus
   every worker process's peak) / clients; ``state_mib_per_client``: the mean state a
@@ -100,6 +102,7 @@ class FederationReport:
     phases: dict[str, float]
     model_compute_seconds: float
     framework_share: float
+    later_framework_share: float | None
     client_rounds: int
     client_rounds_per_second: float
     worker_processes: int
@@ -277,6 +280,7 @@ def account(
         phases=phases,
         model_compute_seconds=compute,
         framework_share=1.0 - compute / (wall * parallel),
+        later_framework_share=later_framework_share(rows, parallel),
         client_rounds=len(every),
         client_rounds_per_second=len(every) / wall,
         worker_processes=len(peaks),
@@ -300,6 +304,23 @@ def account(
             device_efficiency=ideal / wall,
         ),
     )
+
+
+def later_framework_share(rows: Sequence[dict[str, Any]], parallel: int) -> float | None:
+    """The framework share of rounds 2 and later alone (their wall time from the
+    previous round's row to theirs): what a long run converges to, without the one-time
+    start of Ray and the workers, the first contacts and the initial evaluation
+    (``None`` with fewer than 2 rounds)."""
+    later = [(before, row) for before, row in itertools.pairwise(rows) if row["round"] >= 2]
+    if not later:
+        return None
+    wall = sum(row["elapsed_seconds"] - before["elapsed_seconds"] for before, row in later)
+    compute = 0.0
+    for _, row in later:
+        reports = [ClientReport.from_metrics(client) for client in row["clients"]]
+        compute += sum(r.train_seconds + r.fit_seconds + r.select_seconds for r in reports)
+        compute += row.get("evaluation_seconds", 0.0)
+    return 1.0 - compute / (wall * parallel)
 
 
 def first_contact_ratio(reports: Sequence[Sequence[ClientReport]]) -> float | None:

@@ -60,6 +60,9 @@ def render_federation_report(report: FederationReport, console: Console | None =
     gpu = report.gpu_utilisation_mean
     rows = {
         "framework share": f"{report.framework_share:.3f}",
+        "framework share, rounds >= 2": (
+            "-" if report.later_framework_share is None else f"{report.later_framework_share:.3f}"
+        ),
         "client rounds / s": f"{report.client_rounds_per_second:.2f}",
         "worker processes (starts by round)": (
             f"{report.worker_processes} ({', '.join(map(str, report.worker_starts_by_round))})"
