@@ -33,7 +33,15 @@ from fedal.oracle import Annotator
 from fedal.pool import ClientPool
 from fedal.reports import ClientCost, ClientReport
 from fedal.shards import ROUND_STREAM, client_rng, make_oracle
-from fedal.training import Objective, TrainStats, cross_entropy, helper_objective, train_supervised
+from fedal.training import (
+    EvalStats,
+    Objective,
+    TrainStats,
+    cross_entropy,
+    evaluate,
+    helper_objective,
+    train_supervised,
+)
 from fedal.views import SampleView
 from strategies import QueryStrategy, RoundContext
 from strategies.scoring import InferenceClock, inference_clock
@@ -207,11 +215,13 @@ def round_report(
     ledger_from: int,
     labelled_before: int,
     trained_on: int,
+    on_new_labels: EvalStats,
 ) -> ClientReport:
     """Step 5: counts, timings, selection statistics and the ledger rows not yet reported.
 
     The round's new labels are the pool's labels after its first ``labelled_before``;
-    ``trained_on`` is the labelled-set size the helper trained on (FedAvg's weight)."""
+    ``trained_on`` is the labelled-set size the helper trained on (FedAvg's weight);
+    ``on_new_labels``: the trained helper evaluated on the new labels."""
     new_labels = pool.labels[labelled_before:]
     new_indices = pool.labelled[labelled_before:]
     count = len(new_indices)
@@ -233,6 +243,7 @@ def round_report(
         selected_class_histogram=tuple(
             np.bincount(new_labels, minlength=dataset.meta.num_classes).tolist()
         ),
+        picked_helper_correct=round(on_new_labels.accuracy * count) if count else 0,
         ledger=tuple(tuple(row) for row in unreported.tolist()),
         cost=ClientCost(
             inference_seconds=outcome.inference.seconds,
@@ -318,6 +329,9 @@ def run_client_round(
         answered = annotator.ask(candidates.positions[outcome.picks], server_round)
         pool.add_labels(answered.indices, answered.labels, server_round)
 
+    new_labels = SampleView(
+        dataset.train_x, pool.labelled[labelled_before:], spec, pool.labels[labelled_before:]
+    )
     report = round_report(
         dataset,
         pool,
@@ -328,5 +342,6 @@ def run_client_round(
         ledger_from,
         labelled_before,
         len(labelled),
+        evaluate(helper, new_labels, device, config.training.eval_batch_size),
     )
     return RoundReply(helper_state=helper_state, report=report, control_delta=delta)

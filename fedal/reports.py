@@ -74,8 +74,12 @@ class ClientReport:
 
     ``num_examples`` is the labelled-set size the helper trained on (FedAvg's weight);
     ``labels_used`` includes this round's new labels. ``ledger`` holds the ledger rows
-    (round, sample index, label given) not reported before, in order. ``cost``: where
-    the round's time and memory went beyond the three timings (:class:`ClientCost`).
+    (round, sample index, label given) not reported before, in order.
+    ``picked_helper_correct``: of the round's new labels, how many the helper (as trained
+    this round, before the query) predicted as the oracle labelled them: its accuracy on
+    the picks is this over ``new_labels`` (informative picks are the ones it gets wrong;
+    rows recorded before the field existed read 0). ``cost``: where the round's time and
+    memory went beyond the three timings (:class:`ClientCost`).
     """
 
     client: int
@@ -91,6 +95,7 @@ class ClientReport:
     fit_seconds: float
     select_seconds: float
     selected_class_histogram: tuple[int, ...]
+    picked_helper_correct: int = 0
     ledger: tuple[tuple[int, int, int], ...] = field(default=())
     cost: ClientCost = field(default_factory=ClientCost)
 
@@ -110,6 +115,7 @@ class ClientReport:
             "fit-seconds": self.fit_seconds,
             "select-seconds": self.select_seconds,
             "selected-class-histogram": list(self.selected_class_histogram),
+            "picked-helper-correct": self.picked_helper_correct,
             **self.cost.to_metrics(),
         }
         if with_ledger:
@@ -136,6 +142,7 @@ class ClientReport:
             fit_seconds=float(metrics["fit-seconds"]),
             select_seconds=float(metrics["select-seconds"]),
             selected_class_histogram=tuple(int(n) for n in metrics["selected-class-histogram"]),
+            picked_helper_correct=int(metrics.get("picked-helper-correct", 0)),
             ledger=tuple((int(r), int(i), int(label)) for r, i, label in ledger),
             cost=ClientCost.from_metrics(metrics),
         )

@@ -81,6 +81,13 @@ def test_helper_upload_is_trained_before_the_query_and_reports_ledger() -> None:
     assert [entry[1] for entry in report.ledger] == pool.labelled.tolist()
     assert [entry[2] for entry in report.ledger] == pool.labels.tolist()
     assert sum(report.selected_class_histogram) == 3
+    helper = build_for_dataset(config.model.helper, experiment.dataset)
+    helper.load_state_dict(outcome.helper_state)
+    picked = pool.labelled[5:]
+    inputs = experiment.dataset.input_spec.to_tensor(experiment.dataset.train_x[picked])
+    with torch.no_grad():
+        predicted = helper.eval()(inputs).argmax(1).numpy()
+    assert report.picked_helper_correct == int((predicted == pool.labels[5:]).sum())
     assert any(not torch.equal(outcome.helper_state[k], state[k]) for k in state)
 
 
