@@ -119,8 +119,10 @@ def train(msg: Message, context: Context) -> Message:
 @app.train(PACK_ACTION)
 def train_pack(msg: Message, context: Context) -> Message:
     """One round of each drawn client of this node's pack (``federation.packs``), one
-    after another in this process; each client's state lives in ``context.state`` under
-    its own keys (:func:`client_context`)."""
+    after another in this process. Each client starts from its checkpoint of the round
+    before (``experiment.checkpoint`` is required with packs): keeping the pack's states
+    in the node's ``context.state`` would ship every client's state through Ray with
+    every message."""
     task = PackedTask.from_content(msg.content)
     config = RoundTask.from_content(task.content).config
     pack = partition_of(context, config.federation.packs)
@@ -128,36 +130,20 @@ def train_pack(msg: Message, context: Context) -> Message:
     for client in task.clients:
         if client % config.federation.packs != pack:
             raise ValueError(f"client {client} is not in pack {pack}")
-        own = client_context(context, client, config.data.num_clients)
-        replies[client] = train_client(task.content, own)
-        keep_client_state(context, client, own.state)
+        replies[client] = train_client(task.content, client_context(context, client, config))
     return Message(content=PackedReply(replies).to_content(), reply_to=msg)
 
 
-def client_context(context: Context, client: int, num_clients: int) -> Context:
-    """The context client ``client`` of a pack would have on a node of its own: its
-    partition and the state stored under its keys."""
-    suffix = f"@{client}"
-    state = RecordDict(
-        {
-            key.removesuffix(suffix): record
-            for key, record in context.state.items()
-            if key.endswith(suffix)
-        }
-    )
+def client_context(context: Context, client: int, config: ExperimentConfig) -> Context:
+    """The context a pack's client ``client`` would have on a node of its own, holding no
+    state (:func:`restore_newest_state` takes it from the client's checkpoint)."""
     return Context(
         run_id=context.run_id,
         node_id=context.node_id,
-        node_config={"partition-id": client, "num-partitions": num_clients},
-        state=state,
+        node_config={"partition-id": client, "num-partitions": config.data.num_clients},
+        state=RecordDict(),
         run_config=context.run_config,
     )
-
-
-def keep_client_state(context: Context, client: int, state: RecordDict) -> None:
-    """Store a pack client's state in the node's ``context.state`` under its keys."""
-    for key, record in state.items():
-        context.state[f"{key}@{client}"] = record
 
 
 def train_client(content: RecordDict, context: Context) -> RecordDict:

@@ -266,6 +266,11 @@ class ExperimentConfig(Schema):
                 f"federation.packs {packs} is more than data.num_clients "
                 f"{self.data.num_clients}; allowed: 0 (a node per client) to num_clients"
             )
+        if packs and not self.experiment.checkpoint:
+            raise ValueError(
+                "federation.packs needs experiment.checkpoint = true: a pack's clients "
+                "continue from their checkpoints between rounds"
+            )
         if packs and self.data.dataset == FOLDER_DATASET:
             raise ValueError(
                 "federation.packs must be 0 with data.dataset 'image-folder': each node "

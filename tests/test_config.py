@@ -273,6 +273,7 @@ def test_packs_must_fit_the_clients_and_the_benchmark_data() -> None:
     assert "federation.packs must be 0" in _error(
         [*folders, 'oracle.annotator="human"', "federation.packs=2"]
     )
+    assert "experiment.checkpoint" in _error(["federation.packs=2", "experiment.checkpoint=false"])
     packed = from_dict({"data": {"num_clients": 10}, "federation": {"packs": 3}})
     assert packed.node_count == 3
     assert from_dict({"data": {"num_clients": 10}}).node_count == 10

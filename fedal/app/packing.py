@@ -11,7 +11,9 @@ The per-client train messages Flower's strategy builds are merged into one
 client id, as if it had its own node) before aggregation in client order: a run gives the
 same ledger, uploads and accuracies as with a node per client. A pack that fails, or does
 not reply within ``federation.round_timeout`` (which then bounds the whole pack), loses
-all of its drawn clients for that round.
+all of its drawn clients for that round. A pack's clients keep their state between
+rounds in their checkpoints (``experiment.checkpoint`` is required), not in the node's
+context, which Flower's simulation ships through Ray with every message.
 """
 
 from __future__ import annotations
