@@ -216,9 +216,13 @@ def test_paper_mode_protected_data_reaches_the_choice_only(tmp_path: Path, data_
                 assert np.array_equal(value, after[name][key]), f"{name}:{key} differs"
 
 
-def test_partial_participation_draws_the_same_clients_every_run(
+def test_partial_participation_draws_the_same_clients_every_run_packed_or_not(
     data_dir: Path, tmp_path: Path
 ) -> None:
+    """Half the clients drawn per round, twice with the same seed: once on a node per
+    client, once packed (federation.packs=2: two nodes running two clients each, one after
+    another). The same draw, ledger, uploads and accuracies; a pack's clients ran in its
+    worker process."""
     overrides = ("data.num_clients=4", "federation.fraction_train=0.5", "federation.rounds=3")
 
     def participants(run_dir: Path) -> list[list[int]]:
@@ -227,43 +231,22 @@ def test_partial_participation_draws_the_same_clients_every_run(
             for row in RunDirectory(run_dir).read_rounds()[1:]
         ]
 
-    first = run(tiny_config(data_dir, tmp_path, *overrides), tmp_path / "first")
-    second = run(tiny_config(data_dir, tmp_path, *overrides), tmp_path / "second")
-
-    drawn = participants(first)
-    assert all(len(clients) == 2 for clients in drawn)
-    assert len({tuple(clients) for clients in drawn}) > 1, "every round trained the same pair"
-    assert participants(second) == drawn
-    assert np.array_equal(read_ledger(second), read_ledger(first))
-
-
-def test_packed_execution_gives_the_run_of_a_node_per_client(
-    data_dir: Path, tmp_path: Path
-) -> None:
-    """Two nodes running two clients each, one after another (federation.packs=2), with
-    half the clients drawn per round: the same draw, ledger, uploads and accuracies as
-    four nodes; each pack worker served its clients in one process."""
-    overrides = ("data.num_clients=4", "federation.fraction_train=0.5", "federation.rounds=3")
     apart = run(tiny_config(data_dir, tmp_path, *overrides), tmp_path / "apart")
     packed = run(
         tiny_config(data_dir, tmp_path, *overrides, "federation.packs=2"), tmp_path / "packed"
     )
-    rows = {
-        name: RunDirectory(path).read_rounds()
-        for name, path in [("apart", apart), ("packed", packed)]
-    }
-    assert [r["test_accuracy"] for r in rows["packed"]] == [
-        r["test_accuracy"] for r in rows["apart"]
-    ]
-    assert [sorted(c["client"] for c in r["clients"]) for r in rows["packed"]] == [
-        sorted(c["client"] for c in r["clients"]) for r in rows["apart"]
-    ]
+
+    drawn = participants(apart)
+    assert all(len(clients) == 2 for clients in drawn)
+    assert len({tuple(clients) for clients in drawn}) > 1, "every round trained the same pair"
+    assert participants(packed) == drawn
     assert np.array_equal(read_ledger(packed), read_ledger(apart))
     assert_same_uploads(apart, packed)
-    for row in rows["packed"][1:]:
+    rows = {path: RunDirectory(path).read_rounds() for path in (apart, packed)}
+    assert [r["test_accuracy"] for r in rows[packed]] == [r["test_accuracy"] for r in rows[apart]]
+    for row in rows[packed][1:]:
         pack_pids = {(c["client"] % 2, c["worker-pid"]) for c in row["clients"]}
-        packs = {pack for pack, _ in pack_pids}
-        assert len(pack_pids) == len(packs), "a pack's clients ran in different processes"
+        assert len(pack_pids) == len({pack for pack, _ in pack_pids}), "a pack was split"
 
 
 def test_fedal_run_joins_a_ray_head_started_with_ray_start(
