@@ -119,6 +119,7 @@ def test_run_recorder_writes_a_complete_run_directory(tmp_path: Path) -> None:
         "fit-seconds": 0.0,
         "select-seconds": 0.1,
         "selected-class-histogram": [5] + [0] * 9,
+        "picked-helper-correct": 0,
         **ClientCost().to_metrics(),
     }  # clients in client order, without the ledger (that is ledger.csv)
     assert ClientReport.from_metrics(rounds[1]["clients"][1]) == dataclasses.replace(
