@@ -115,13 +115,12 @@ def test_same_seed_gives_same_selection(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_fit_and_select_run_under_bf16_autocast(name: str) -> None:
     """The CUDA compute path (fedal.compute), here on the CPU: every strategy trains
-    and scores under bf16 autocast and still selects validly and reproducibly."""
+    and scores under bf16 autocast and still selects validly (a client round under bf16
+    is checked for reproducibility in tests/test_client_round.py)."""
     ctx = tiny_context(seed=5)
     with compute_context(torch.device("cpu"), "always"):
-        first, _ = run(name, ctx)
-        second, _ = run(name, tiny_context(seed=5))
-    assert_valid(first, ctx, BUDGET)
-    np.testing.assert_array_equal(first, second)
+        picks, _ = run(name, ctx)
+    assert_valid(picks, ctx, BUDGET)
 
 
 @pytest.mark.parametrize("name", SEED_SENSITIVE)
