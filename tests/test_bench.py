@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -74,21 +76,26 @@ def test_bench_sampling_writes_json_and_prints_a_table(
         assert text in printed
 
 
-def test_a_failing_strategy_is_a_row_and_the_bench_goes_on() -> None:
-    # without dropout in the scorer, MC-dropout's select raises (fit, a no-op, finished)
-    progress: list[str] = []
+def small_settings(**changes: Any) -> SamplingSettings:
+    """A pool of 64 on the CPU with a dropout-free ResNet-8 scorer, then ``changes``."""
     settings = SamplingSettings(
         pool=64,
         budget=8,
         labelled=16,
-        strategies=("bald", "random"),
+        strategies=(),
         models=("resnet8",),
         device="cpu",
         batch_size=32,
         dropout=0.0,
         seed=0,
     )
-    report = run_sampling_bench(settings, progress.append)
+    return dataclasses.replace(settings, **changes)
+
+
+def test_a_failing_strategy_is_a_row_and_the_bench_goes_on() -> None:
+    # without dropout in the scorer, MC-dropout's select raises (fit, a no-op, finished)
+    progress: list[str] = []
+    report = run_sampling_bench(small_settings(strategies=("bald", "random")), progress.append)
 
     failed, measured = report.results
     assert isinstance(failed, StrategyFailure)
@@ -184,19 +191,7 @@ def test_inference_clock_counts_outermost_passes_inside_its_block() -> None:
 def test_the_scoring_forward_is_counted_and_the_bench_runs_the_bf16_path() -> None:
     """bf16 autocast everywhere (the CUDA path, here on the CPU): the strategies still
     select, and the forward pass reports its arithmetic (no peak known for a CPU)."""
-    settings = SamplingSettings(
-        pool=64,
-        budget=8,
-        labelled=16,
-        strategies=("entropy", "badge"),
-        models=("resnet8",),
-        device="cpu",
-        batch_size=32,
-        dropout=0.0,
-        seed=0,
-        bf16="always",
-    )
-    report = run_sampling_bench(settings)
+    report = run_sampling_bench(small_settings(strategies=("entropy", "badge"), bf16="always"))
     assert report.bf16 == "always"
     assert all(isinstance(row, StrategyCost) and row.selected == 8 for row in report.results)
     (forward,) = report.forwards
