@@ -35,6 +35,7 @@ from clients.protocol import (
     PackedTask,
     RoundReply,
     RoundTask,
+    pack_of,
 )
 from clients.round import ControlVariates, next_client_control, run_client_round
 from clients.state import (
@@ -128,7 +129,7 @@ def train_pack(msg: Message, context: Context) -> Message:
     pack = partition_of(context, config.federation.packs)
     replies = {}
     for client in task.clients:
-        if client % config.federation.packs != pack:
+        if pack_of(client, config.federation.packs) != pack:
             raise ValueError(f"client {client} is not in pack {pack}")
         replies[client] = train_client(task.content, client_context(context, client, config))
     return Message(content=PackedReply(replies).to_content(), reply_to=msg)

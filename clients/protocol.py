@@ -191,6 +191,12 @@ class RoundReply:
         return ClientReport.from_metrics(content.metric_records["metrics"])
 
 
+def pack_of(client: int, packs: int) -> int:
+    """The pack (and its node's ``partition-id``) that runs ``client`` with ``packs``
+    packs."""
+    return client % packs
+
+
 @dataclass(frozen=True)
 class PackedTask:
     """One round for the drawn clients of one pack: ``content`` is what each of them would

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from flwr.app import Message
 
-from clients.protocol import PACKED_TRAIN, PackedReply, PackedTask
+from clients.protocol import PACKED_TRAIN, PackedReply, PackedTask, pack_of
 
 
 class Packing:
@@ -35,7 +35,7 @@ class Packing:
 
     def pack_of(self, client: int) -> int:
         """The pack (and the node's ``partition-id``) of ``client``."""
-        return client % self.packs
+        return pack_of(client, self.packs)
 
     def pack_messages(self, messages: list[Message], pack_nodes: dict[int, int]) -> list[Message]:
         """One message per pack with drawn clients, from Flower's per-client messages
