@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from fedal.config import load_config
+from fedal.picks import pick_statistics
 from fedal.plots import group_runs, run_config
 from fedal.rundir import RunDirectory
 from fedal.statistics import PairedComparison, paired_comparison
@@ -17,6 +18,8 @@ SUMMARY_COLUMNS = (
     ("final_accuracy", "final acc"),
     ("auc_accuracy_vs_labels", "AUC"),
     ("clean_share_selected", "clean share"),
+    ("helper_accuracy_on_picks", "helper acc on picks"),
+    ("pick_class_entropy", "pick class entropy"),
 )
 PAIRED_COLUMNS = (
     ("final_accuracy", "final acc"),
@@ -48,6 +51,11 @@ def run_grid(
     return run_dirs
 
 
+def _summary_with_picks(run: RunDirectory) -> dict[str, Any]:
+    """The run's ``summary.json`` and what its picks were (:mod:`fedal.picks`)."""
+    return {**run.read_summary(), **pick_statistics(run.read_rounds())}
+
+
 def _mean_std(values: list[float | None]) -> str:
     present = [v for v in values if v is not None]
     if not present:
@@ -63,7 +71,7 @@ def summary_rows(
     both ran (mean, 95% t interval, Wilcoxon p; see :mod:`fedal.statistics`)."""
     groups = []
     for runs in group_runs([Path(run) for run in run_dirs]).values():
-        summaries = [RunDirectory(run).read_summary() for run in runs]
+        summaries = [_summary_with_picks(RunDirectory(run)) for run in runs]
         config = run_config(runs[0])
         groups.append((config, {summary["seed"]: summary for summary in summaries}))
     baseline = next((s for c, s in groups if c["query"]["strategy"] == reference), None)
