@@ -147,12 +147,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run strategies x seeds, then plot them together and print the mean ± std table."""
-    from fedal.app.sweep import markdown_table, run_grid, summary_rows
+    from fedal.app.sweep import AS_WRITTEN, Variant, markdown_table, run_grid, summary_rows
     from fedal.plots import plot_runs
 
     strategies = [name.strip() for name in args.strategies.split(",") if name.strip()]
     seeds = [int(seed) for seed in args.seeds.split(",")]
-    run_dirs = run_grid(args.config, strategies, seeds, args.set or [], args.verbose)
+    variants = [AS_WRITTEN, *(Variant.parse(text) for text in args.variant or [])]
+    into = Path(args.into) if args.into else None
+    run_dirs = run_grid(
+        args.config, strategies, seeds, args.set or [], args.verbose, variants, into
+    )
     print(markdown_table(summary_rows(run_dirs, args.reference), args.reference))
     if args.output:
         print(plot_runs(run_dirs, Path(args.output), args.title))
@@ -203,6 +207,12 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", help="query strategy name")
     parser.add_argument("--seed", type=int, help="experiment seed")
     parser.add_argument("--data-dir", help="dataset directory (torchvision layout)")
+
+
+REFERENCE_HELP = (
+    "what to pair against: a strategy, an experiment name or EXPERIMENT/STRATEGY "
+    "(each group pairs with the match in its own experiment, else the only match)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,15 +267,26 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--strategies", required=True, help="comma-separated strategy names")
     sweep.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     sweep.add_argument("--set", action="append", metavar="KEY=VALUE")
+    sweep.add_argument(
+        "--variant",
+        action="append",
+        metavar="'NAME: KEY=VALUE ...'",
+        help="also run the grid with these overrides (repeatable), named <experiment>-NAME",
+    )
+    sweep.add_argument(
+        "--into",
+        metavar="DIR",
+        help="runs in DIR/[NAME-]STRATEGY-sSEED; finished ones are kept, so a rerun continues",
+    )
     sweep.add_argument("-o", "--output", help="overlay plot PNG")
     sweep.add_argument("--title")
     sweep.add_argument("--verbose", action="store_true")
-    sweep.add_argument("--reference", default="random", help="strategy to compare against")
+    sweep.add_argument("--reference", default="random", help=REFERENCE_HELP)
     sweep.set_defaults(handler=cmd_sweep)
 
     table = commands.add_parser("table", help="mean ± std table of finished runs")
     table.add_argument("run_dirs", nargs="+")
-    table.add_argument("--reference", default="random", help="strategy to compare against")
+    table.add_argument("--reference", default="random", help=REFERENCE_HELP)
     table.set_defaults(handler=cmd_table)
 
     selection = commands.add_parser("selection", help="picture of selected points (2-D toys)")
