@@ -46,13 +46,14 @@ def greedy_k_center(
     candidates; ties go to the lowest position.
     """
     min_sq = min_sq.clone()
-    picks: list[int] = []
-    for _ in range(min(budget, int((min_sq >= 0).sum()))):
-        pick = int(min_sq.argmax())
-        picks.append(pick)
+    count = min(budget, int((min_sq >= 0).sum()))
+    picks = torch.empty(count, dtype=torch.long, device=min_sq.device)
+    for step in range(len(picks)):  # each pick stays on the device until the end
+        pick = min_sq.argmax().reshape(1)
+        picks[step : step + 1] = pick
         min_sq = torch.minimum(min_sq, sq_distances_to(candidates, pick, chunk_size))
-        min_sq[pick] = -1.0
-    return np.asarray(picks, dtype=np.int64)
+        min_sq.index_fill_(0, pick, -1.0)
+    return picks.cpu().numpy()
 
 
 @register

@@ -118,14 +118,16 @@ def sq_distances(space: SpaceT, centres: SpaceT, rows: slice = slice(None)) -> t
 
 
 def sq_distances_to(
-    space: SpaceT, point: int, chunk_size: int = DEFAULT_CHUNK_SIZE
+    space: SpaceT, point: int | torch.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE
 ) -> torch.Tensor:
-    """Squared distances from every point of ``space`` to its point ``point``, ``(N,)``.
+    """Squared distances from every point of ``space`` to its point ``point`` (an index,
+    or a one-element index tensor that may stay on the device), ``(N,)``.
 
     The running-minimum update of farthest-first traversal and k-means++: one pass over
     the points in blocks of ``chunk_size^2`` rows.
     """
-    centre = space.take(torch.tensor([point]))
+    index = point.reshape(1) if isinstance(point, torch.Tensor) else torch.tensor([point])
+    centre = space.take(index)
     step = chunk_size * chunk_size
     if len(space) <= step:
         return sq_distances(space, centre)[:, 0]
@@ -151,21 +153,35 @@ def kmeans_plus_plus(
     ``D^2 = 0`` and are never drawn again. Once every remaining ``D^2`` is zero (only
     duplicates of chosen points are left) the rest is filled uniformly at random from
     the unchosen points.
+
+    The draws stay on the points' device: the ``count - 1`` uniforms are taken from
+    ``rng`` up front (the same numbers, in the same order, as one draw per centre) and
+    each centre is found by a search in the cumulative ``D^2``, so no value returns to
+    the host until the end (on a GPU a round trip per centre costs more than the
+    distances). The fill, when needed, draws from ``rng`` after those uniforms.
     """
     count = min(count, len(space))
     if count <= 0:
         return np.empty(0, dtype=np.int64)
-    chosen = [first]
     min_sq = sq_distances_to(space, first, chunk_size)
-    while len(chosen) < count:
-        min_sq[chosen[-1]] = 0.0  # exactly zero, whatever the rounding: never drawn again
-        cumulative = np.cumsum(min_sq.cpu().numpy())
-        if cumulative[-1] <= 0.0:
-            return _fill_at_random(np.asarray(chosen, dtype=np.int64), len(space), count, rng)
-        pick = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
-        chosen.append(pick)
+    device, dtype = min_sq.device, min_sq.dtype
+    uniforms = torch.from_numpy(rng.random(count - 1)).to(device=device, dtype=dtype)
+    chosen = torch.full((count,), first, dtype=torch.long, device=device)
+    totals = torch.empty(count - 1, dtype=dtype, device=device)
+    for step in range(1, count):
+        # exactly zero, whatever the rounding: never drawn again
+        min_sq.index_fill_(0, chosen[step - 1 : step], 0.0)
+        cumulative = torch.cumsum(min_sq, dim=0)
+        totals[step - 1] = cumulative[-1]
+        target = uniforms[step - 1 : step] * cumulative[-1:]
+        pick = torch.searchsorted(cumulative, target, right=True).clamp_(max=len(space) - 1)
+        chosen[step : step + 1] = pick
         min_sq = torch.minimum(min_sq, sq_distances_to(space, pick, chunk_size))
-    return np.asarray(chosen, dtype=np.int64)
+    picks = chosen.cpu().numpy()
+    exhausted = np.flatnonzero(totals.cpu().numpy() <= 0.0)
+    if len(exhausted):  # the draws from the first exhausted step on are void
+        return _fill_at_random(picks[: exhausted[0] + 1], len(space), count, rng)
+    return picks
 
 
 def _fill_at_random(

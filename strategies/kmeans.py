@@ -60,11 +60,11 @@ def nearest_distinct(space: EuclideanSpace, centroids: torch.Tensor, chunk_size:
     step = max(1, chunk_size * chunk_size // len(space))
     for start in range(0, len(centroids), step):
         block = sq_distances(space, EuclideanSpace(centroids[start : start + step]))
-        for column in block.T:
-            pick = int(column.masked_fill(taken, float("inf")).argmin())
-            taken[pick] = True
+        for column in block.T:  # each pick stays on the device until the end
+            pick = column.masked_fill(taken, float("inf")).argmin().reshape(1)
+            taken.index_fill_(0, pick, True)
             picks.append(pick)
-    return np.asarray(picks, dtype=np.int64)
+    return torch.cat(picks).cpu().numpy() if picks else np.empty(0, dtype=np.int64)
 
 
 @register

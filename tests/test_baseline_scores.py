@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from strategy_context import make_context
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fedal.schema import ConfigError
 from strategies import build_strategy
@@ -265,3 +267,37 @@ def test_nearest_distinct_never_repeats_a_point() -> None:
     space = line(0.0, 5.0)
     centroids = torch.zeros(2, 1, dtype=torch.float64)
     np.testing.assert_array_equal(nearest_distinct(space, centroids, chunk_size=4), [0, 1])
+
+
+class ScalarReads(TorchDispatchMode):
+    """Counts tensor values read into Python (``int(t)``, ``t.item()``): on a GPU each
+    one waits for the device to finish everything queued before it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", ["coreset", "badge", "kmeans"])
+def test_diversity_selection_reads_no_value_back_per_pick(name: str) -> None:
+    """Greedy k-center, k-means++ and the nearest distinct candidates keep each pick on
+    the device: selecting 40 reads as many values back as selecting 4."""
+    reads = {}
+    for budget in (4, 40):
+        ctx = make_context(labelled=20, candidates=120)
+        with ScalarReads() as counter:
+            picks = build_strategy(name).select(ctx, budget)
+        assert len(np.unique(picks)) == budget
+        reads[budget] = counter.count
+    assert reads[40] == reads[4]
