@@ -57,10 +57,10 @@ def mc_dropout_probs(ctx: RoundContext, samples: int) -> torch.Tensor:
                 model.head(model.dropout(model.embed(batch) if hidden is None else hidden))
                 for _ in range(samples)
             ]
-            outputs.append(torch.softmax(torch.stack(logits).float(), dim=2).cpu())
-    if not outputs:
-        return torch.empty(samples, 0, ctx.num_classes)
-    return torch.cat(outputs, dim=1)
+            outputs.append(torch.softmax(torch.stack(logits).float(), dim=2))
+        if not outputs:
+            return torch.empty(samples, 0, ctx.num_classes)
+        return torch.cat(outputs, dim=1).cpu()
 
 
 def _require_dropout(model: nn.Module) -> None:
