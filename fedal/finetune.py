@@ -40,10 +40,17 @@ def strong_augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Ten
     out = out * scale.to(out.device) + shift.to(out.device)
     side = max(1, out.shape[-1] // 4)
     corners = torch.randint(0, out.shape[-1] - side + 1, (count, 2), generator=generator)
-    for row in range(count):
-        top, left = int(corners[row, 0]), int(corners[row, 1])
-        out[row, :, top : top + side, left : left + side] = 0.0
-    return out
+    return out.masked_fill_(cutout_mask(corners, side, out.shape[-2:]).to(out.device), 0.0)
+
+
+def cutout_mask(corners: torch.Tensor, side: int, size: torch.Size) -> torch.Tensor:
+    """``(N, 1, H, W)``: True in each sample's ``side`` x ``side`` square from its
+    ``(top, left)`` corner (one mask for the batch instead of a fill per sample)."""
+    rows, columns = torch.arange(size[0]), torch.arange(size[1])
+    top, left = corners[:, :1], corners[:, 1:]
+    in_rows = (rows >= top) & (rows < top + side)
+    in_columns = (columns >= left) & (columns < left + side)
+    return (in_rows[:, :, None] & in_columns[:, None, :]).unsqueeze(1)
 
 
 @dataclass(frozen=True)

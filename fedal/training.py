@@ -97,17 +97,23 @@ def wants_augmentation(batch: torch.Tensor) -> bool:
 
 
 def crop_flip(batch: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
-    """Random crop after zero padding plus random horizontal flip, per sample."""
+    """Random crop after zero padding plus random horizontal flip, per sample.
+
+    One gather for the whole batch (row and column indices per sample, the columns
+    reversed where the sample flips), in ``batch``'s memory layout: on a GPU a copy per
+    sample would launch a kernel per image of every training step."""
     count, _, height, width = batch.shape
     padded = F.pad(batch, (padding, padding, padding, padding))
     offsets = torch.randint(0, 2 * padding + 1, (count, 2), generator=generator)
     flips = torch.rand(count, generator=generator) < 0.5
-    out = torch.empty_like(batch)
-    for row in range(count):
-        top, left = int(offsets[row, 0]), int(offsets[row, 1])
-        crop = padded[row, :, top : top + height, left : left + width]
-        out[row] = crop.flip(-1) if flips[row] else crop
-    return out
+    columns_in_order = torch.where(
+        flips.unsqueeze(1), torch.arange(width - 1, -1, -1), torch.arange(width)
+    )
+    rows = (offsets[:, :1] + torch.arange(height)).to(batch.device)
+    columns = (offsets[:, 1:] + columns_in_order).to(batch.device)
+    samples = torch.arange(count, device=batch.device)[:, None, None]
+    crops = padded[samples, :, rows[:, :, None], columns[:, None, :]]  # (N, H, W, C)
+    return torch.empty_like(batch).copy_(crops.permute(0, 3, 1, 2))
 
 
 def make_optimizer(model: nn.Module, settings: TrainingSection) -> torch.optim.Optimizer:
@@ -180,7 +186,8 @@ def train_supervised(
             (p, c.to(device=p.device, dtype=p.dtype))
             for p, c in zip(trainable, gradient_correction, strict=True)
         ]
-    total_loss, steps = 0.0, 0
+    # summed on the device in float64 (as Python floats would), read once at the end
+    total_loss, steps = torch.zeros((), dtype=torch.float64, device=device), 0
     for _ in range(settings.epochs):
         for rows in epoch_batches(len(view), settings.batch_size, generator):
             inputs = view.inputs(rows, device)
@@ -202,11 +209,11 @@ def train_supervised(
             schedule.step()
             if after_step is not None:
                 after_step()
-            total_loss += float(loss.detach())
+            total_loss += loss.detach().double()
             steps += 1
     model.eval()
     return TrainStats(
-        loss=total_loss / steps,
+        loss=float(total_loss) / steps,
         steps=steps,
         seconds=time.perf_counter() - started,
         samples=len(view) * settings.epochs,
@@ -219,14 +226,16 @@ def evaluate(
 ) -> EvalStats:
     """Accuracy and mean cross-entropy of ``model`` on a labelled view."""
     model.to(device).eval()
-    correct, loss_sum = 0, 0.0
+    # summed on the device (the loss in float64, as Python floats would), read once
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for start in range(0, len(view), batch_size):
         rows = slice(start, start + batch_size)
         logits = model(view.inputs(rows, device))
         targets = view.targets(rows, device)
-        loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
-        correct += int((logits.argmax(dim=1) == targets).sum())
+        loss_sum += F.cross_entropy(logits, targets, reduction="sum").double()
+        correct += (logits.argmax(dim=1) == targets).sum()
     count = len(view)
     if count == 0:
         return EvalStats(accuracy=float("nan"), loss=float("nan"), count=0)
-    return EvalStats(accuracy=correct / count, loss=loss_sum / count, count=count)
+    return EvalStats(accuracy=int(correct) / count, loss=float(loss_sum) / count, count=count)

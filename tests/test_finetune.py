@@ -8,7 +8,12 @@ from strategy_context import make_context
 
 from fedal.config import TrainingSection
 from fedal.ema import EmaModel
-from fedal.finetune import confident_pseudo_labels, finetune_on_confident, strong_augment
+from fedal.finetune import (
+    confident_pseudo_labels,
+    cutout_mask,
+    finetune_on_confident,
+    strong_augment,
+)
 from fedal.training import train_supervised
 
 
@@ -18,6 +23,16 @@ def test_strong_augment_keeps_shape_and_is_seeded() -> None:
     again = strong_augment(batch, torch.Generator().manual_seed(1))
     assert first.shape == batch.shape and torch.equal(first, again)
     assert not torch.equal(first, batch)
+
+
+def test_cutout_masks_one_square_per_sample_at_its_corner() -> None:
+    corners = torch.tensor([[0, 0], [5, 2], [3, 6]])
+    mask = cutout_mask(corners, side=2, size=torch.Size([8, 8]))
+    assert mask.shape == (3, 1, 8, 8)
+    for sample, (top, left) in enumerate(corners.tolist()):
+        expected = torch.zeros(8, 8, dtype=torch.bool)
+        expected[top : top + 2, left : left + 2] = True
+        assert torch.equal(mask[sample, 0], expected)
 
 
 def test_only_confident_candidates_are_pseudo_labelled_by_the_ema() -> None:

@@ -156,6 +156,17 @@ def test_crop_flip_outputs_are_crops_of_the_padded_image() -> None:
         assert any(torch.equal(out[row], crop) for crop in crops)
 
 
+def test_crop_flip_keeps_the_memory_layout_and_flips_some_samples() -> None:
+    batch = torch.rand(16, 3, 8, 8, generator=_generator(5))
+    channels_last = batch.contiguous(memory_format=torch.channels_last)
+    out = crop_flip(channels_last, _generator(6), padding=0)  # no shift: only the flips
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    flipped = [torch.equal(out[row], batch[row].flip(-1)) for row in range(len(batch))]
+    kept = [torch.equal(out[row], batch[row]) for row in range(len(batch))]
+    assert all(f != k for f, k in zip(flipped, kept, strict=True))
+    assert 0 < sum(flipped) < len(batch)
+
+
 def test_augmented_training_is_seeded_and_changes_the_result() -> None:
     view = _colour_view()
     results = []
