@@ -16,9 +16,8 @@ from fedal.config import ExperimentConfig
 from fedal.rundir import RunDirectory
 from fedal.schema import ConfigError
 
-RESUMABLE_CHANGES = frozenset(
-    {"federation.rounds", "federation.client_cpus", "federation.client_gpus"}
-)
+RESOURCES = frozenset({"federation.client_cpus", "federation.client_gpus"})
+RESUMABLE_CHANGES = RESOURCES | {"federation.rounds"}
 BOOKKEEPING = frozenset({"experiment.resume", "experiment.run_dir", "experiment.output_dir"})
 
 
@@ -30,13 +29,20 @@ def _fields(config: ExperimentConfig) -> dict[str, Any]:
     }
 
 
+def changed_settings(
+    recorded: ExperimentConfig, requested: ExperimentConfig, allowed: frozenset[str]
+) -> str:
+    """The settings (``section.key``) outside ``allowed`` whose values differ, as
+    ``"key: recorded -> requested, ..."``; empty when there are none."""
+    before, after = _fields(recorded), _fields(requested)
+    changed = sorted(key for key in before if before[key] != after[key] and key not in allowed)
+    return ", ".join(f"{key}: {before[key]!r} -> {after[key]!r}" for key in changed)
+
+
 def check_resume(recorded: ExperimentConfig, requested: ExperimentConfig) -> None:
     """Refuse a resume that changes anything but rounds and client resources."""
-    before, after = _fields(recorded), _fields(requested)
-    changed = sorted(key for key in before if before[key] != after[key])
-    refused = [key for key in changed if key not in RESUMABLE_CHANGES | BOOKKEEPING]
-    if refused:
-        detail = ", ".join(f"{key}: {before[key]!r} -> {after[key]!r}" for key in refused)
+    detail = changed_settings(recorded, requested, RESUMABLE_CHANGES | BOOKKEEPING)
+    if detail:
         raise ConfigError(
             f"resume: cannot change {detail} of a recorded run; "
             f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change"

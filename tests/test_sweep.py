@@ -73,7 +73,7 @@ def test_sweep_into_a_directory_runs_variants_and_continues_a_stopped_grid(
 ) -> None:
     """Seed 0 of random as written and with a variant; then, as if the grid had stopped
     during the variant's run, the same command runs that one again (the same ledger, the
-    same seed) and keeps the finished one."""
+    same seed) and keeps the finished one. Other settings are refused, not mixed in."""
     data_dir = write_small_fashion_mnist(tmp_path / "data")
     into = tmp_path / "grid"
     sets = [arg for value in tiny_overrides(data_dir, tmp_path) for arg in ("--set", value)]
@@ -97,6 +97,10 @@ def test_sweep_into_a_directory_runs_variants_and_continues_a_stopped_grid(
     assert f"starting over the unfinished run in {variant.path}" in second
     assert as_written.summary_file.stat().st_mtime_ns == kept
     assert np.array_equal(variant.read_ledger(), ledger)
+
+    changed = [*command, "--set", "training.lr=0.2"]
+    assert main(changed) == 2
+    assert "training.lr: 0.01 -> 0.2" in capsys.readouterr().err
 
     elsewhere = tmp_path / "elsewhere"
     (elsewhere / "random-s0").mkdir(parents=True)

@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from fedal.config import ConfigError, load_config
+from fedal.config import ConfigError, ExperimentConfig, load_config
 from fedal.picks import pick_statistics
 from fedal.plots import group_runs, run_config
+from fedal.resume import BOOKKEEPING, RESOURCES, changed_settings
 from fedal.rundir import RunDirectory
 from fedal.statistics import PairedComparison, paired_comparison
 
@@ -91,6 +92,7 @@ def run_grid(
                     prefix = f"{variant.name}-" if variant.name else ""
                     run = _grid_slot(into / f"{prefix}{strategy}-s{seed}")
                     if run.summary_file.is_file():
+                        _check_kept(run, config)
                         print(f"== {strategy} seed {seed}: kept {run.path}", flush=True)
                         run_dirs.append(run.path)
                         continue
@@ -98,6 +100,17 @@ def run_grid(
                 simulate(config.replace("experiment", run_dir=str(run.path)), verbose=verbose)
                 run_dirs.append(run.path)
     return run_dirs
+
+
+def _check_kept(run: RunDirectory, requested: ExperimentConfig) -> None:
+    """A finished run stands for the requested one only with the same settings (client
+    resources and where runs live aside)."""
+    detail = changed_settings(run.read_config(), requested, RESOURCES | BOOKKEEPING)
+    if detail:
+        raise ConfigError(
+            f"{run.path} holds a finished run with other settings ({detail}); "
+            "choose another --into or move that run away"
+        )
 
 
 def _grid_slot(path: Path) -> RunDirectory:
@@ -109,6 +122,8 @@ def _grid_slot(path: Path) -> RunDirectory:
     entries = [entry for entry in path.iterdir() if entry.name != ".lock"]
     if entries and not run.holds_run:
         raise ConfigError(f"{path} holds files but no fedal run; move them or choose --into")
+    if not entries:
+        return run
     with run.lock():
         print(f"== starting over the unfinished run in {path}", flush=True)
         for entry in entries:
