@@ -19,8 +19,12 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log, record the
 }
 step nvidia-smi 20 nvidia-smi
 step sampling-bf16 150 python3 -m fedal.cli bench sampling --device cuda --models resnet18 \
-  --pool 50000 --budget 1000 --strategies entropy,badge,kmeans,coreset,lhd \
+  --pool 50000 --budget 1000 --strategies entropy,badge,kmeans,coreset \
   --output "$out/bench_sampling_resnet18_cuda_bf16.json"
+# LHD trains its main network until it settles (thousands of steps): a step of its own
+step sampling-lhd 90 python3 -m fedal.cli bench sampling --device cuda --models resnet18 \
+  --pool 50000 --budget 1000 --strategies lhd \
+  --output "$out/bench_sampling_resnet18_cuda_bf16_lhd.json"
 step sampling-fp32 60 python3 -m fedal.cli bench sampling --device cuda --models resnet18 \
   --pool 50000 --budget 1000 --strategies entropy --bf16 off \
   --output "$out/bench_sampling_resnet18_cuda_fp32.json"
