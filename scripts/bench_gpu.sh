@@ -18,18 +18,18 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log, record the
   echo "$name: exit $? after $((SECONDS - started)) s" >> "$out/steps.txt"
 }
 step nvidia-smi 20 nvidia-smi
-step sampling-bf16 150 python3 -m fedal.cli bench sampling --device cuda --models resnet18 \
+step sampling-bf16 120 python3 -m fedal.cli bench sampling --device cuda --models resnet18 \
   --pool 50000 --budget 1000 --strategies entropy,badge,kmeans,coreset \
   --output "$out/bench_sampling_resnet18_cuda_bf16.json"
 # LHD trains its main network until it settles (thousands of steps): a step of its own
-step sampling-lhd 90 python3 -m fedal.cli bench sampling --device cuda --models resnet18 \
+step sampling-lhd 60 python3 -m fedal.cli bench sampling --device cuda --models resnet18 \
   --pool 50000 --budget 1000 --strategies lhd \
   --output "$out/bench_sampling_resnet18_cuda_bf16_lhd.json"
 step sampling-fp32 60 python3 -m fedal.cli bench sampling --device cuda --models resnet18 \
   --pool 50000 --budget 1000 --strategies entropy --bf16 off \
   --output "$out/bench_sampling_resnet18_cuda_fp32.json"
 for packs in 0 10; do
-  step "federation-100-packs$packs" 120 python3 -m fedal.cli bench federation \
+  step "federation-100-packs$packs" 100 python3 -m fedal.cli bench federation \
     experiments/configs/demo.toml --clients 100 --rounds 3 --set "data.data_dir=\"$data\"" \
     --set federation.client_gpus=0.1 --set federation.client_cpus=1 \
     --set "federation.packs=$packs" --output "$out/bench_federation_100_cuda_packs$packs.json"
