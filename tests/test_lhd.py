@@ -23,6 +23,10 @@ from strategies.lhd import LHD, lhd_vectors, seed_batch
 CHUNK = 3  # smaller than the test sets, so the chunked distance code is exercised
 
 
+SHORT_FIT = {"lr": 1e-2, "max_steps": 60}
+"""A fit cut to 60 steps, for tests of selection and state rather than of settling."""
+
+
 def run_round(seed: int = 0, **options: object) -> tuple[np.ndarray, LHD]:
     """fit + select on a small context, as the runtime does."""
     ctx = make_context(seed=seed)
@@ -106,7 +110,7 @@ def test_fit_trains_main_moves_the_ema_and_leaves_ctx_model_alone() -> None:
 
 def test_selection_is_within_candidates_and_exact() -> None:
     ctx = make_context(candidates=15)
-    strategy = build_strategy("lhd", {"lr": 1e-2})
+    strategy = build_strategy("lhd", SHORT_FIT)
     strategy.fit(ctx)
     assert strategy.state_differences(ctx).abs().sum() > 0
     for budget in (0, 1, 6, 15, 40):
@@ -141,10 +145,10 @@ def test_helper_backbone_starts_from_the_helper_weights() -> None:
 
 
 def test_state_round_trips_and_the_next_round_continues_from_it() -> None:
-    _, original = run_round(seed=4, lr=1e-2)
+    _, original = run_round(seed=4, **SHORT_FIT)
     state = original.state_dict()
     assert {key.split(".", 1)[0] for key in state} == {"main", "ema"}
-    restored = build_strategy("lhd", {"lr": 1e-2})
+    restored = build_strategy("lhd", SHORT_FIT)
     restored.load_state_dict(state)
     assert restored.state_dict().keys() == state.keys()
 
