@@ -70,18 +70,29 @@ def _flat_settings(config: dict) -> dict[str, object]:
 
 
 def group_labels(groups: Sequence[list[Path]]) -> list[str]:
-    """Legend labels: the strategy, plus what differs between groups of the same strategy."""
+    """Legend labels: the strategy, plus what differs between groups of the same strategy.
+
+    A strategy option a group does not record is its default, so recorded vs absent is a
+    difference (shown where recorded); any other setting a group lacks was written by an
+    older version (before that setting existed), which is not a difference."""
     settings = [_flat_settings(run_config(runs[0])) for runs in groups]
     labels = []
     for runs, flat in zip(groups, settings, strict=True):
         peers = [other for other in settings if other["query.strategy"] == flat["query.strategy"]]
         keys = sorted({key for other in peers for key in other})
-        varying = [key for key in keys if len({repr(other.get(key)) for other in peers}) > 1]
+        varying = [key for key in keys if _differs(key, peers)]
         parts = [str(flat["query.strategy"])]
-        parts += [f"{key.rsplit('.', 1)[-1]}={flat.get(key)}" for key in varying]
+        parts += [f"{key.rsplit('.', 1)[-1]}={flat[key]}" for key in varying if key in flat]
         label = ", ".join(parts)
         labels.append(f"{label} (n={len(runs)})" if len(runs) > 1 else label)
     return labels
+
+
+def _differs(key: str, settings: Sequence[dict[str, object]]) -> bool:
+    values = {repr(flat[key]) if key in flat else None for flat in settings}
+    if not key.startswith("query.options."):
+        values.discard(None)
+    return len(values) > 1
 
 
 def plot_runs(run_dirs: Sequence[Path], output: Path, title: str | None = None) -> Path:

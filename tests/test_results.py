@@ -13,7 +13,7 @@ import pytest
 from engine_support import client_report
 
 from fedal.config import ExperimentConfig, from_dict, load_config
-from fedal.plots import group_runs, plot_runs
+from fedal.plots import group_labels, group_runs, plot_runs, run_config
 from fedal.reports import ClientCost, ClientReport
 from fedal.results import RunRecorder, area_under_curve, labels_to_reach
 from fedal.rundir import RunDirectory
@@ -194,6 +194,22 @@ def test_plot_keeps_runs_with_different_settings_apart(tmp_path: Path) -> None:
     _record_run(base, _config(), [0.4, 0.5])
     _record_run(other, _config().replace("training", lr=0.2), [0.4, 0.5])
     assert len(group_runs([base, other])) == 2
+
+
+def test_legend_names_what_differs_and_not_keys_an_older_run_lacks(tmp_path: Path) -> None:
+    """A strategy option one group sets and another leaves at its default is named; a
+    setting an older run did not record is not."""
+    runs = {}
+    for label, options in (("two", ["peers=2"]), ("one", ["peers=1"]), ("no", ["in_class=false"])):
+        config = load_config(None, [f"query.options.{option}" for option in options], "psl")
+        runs[label] = tmp_path / label
+        _record_run(runs[label], config, [0.4, 0.5])
+    recorded = runs["two"] / "config.toml"
+    older = [line for line in recorded.read_text().splitlines() if not line.startswith("classes =")]
+    recorded.write_text("\n".join(older) + "\n")  # written before data.classes existed
+    assert "classes" not in run_config(runs["two"])["data"]
+    groups = list(group_runs(list(runs.values())).values())
+    assert group_labels(groups) == ["psl, peers=2", "psl, peers=1", "psl, in_class=False"]
 
 
 def test_table_pairs_each_strategy_with_the_reference_by_seed(tmp_path: Path) -> None:
