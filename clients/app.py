@@ -31,6 +31,8 @@ from clients.protocol import (
     PACK_ACTION,
     ClientIdAnswer,
     ClientIdQuery,
+    EvaluationReply,
+    EvaluationTask,
     PackedReply,
     PackedTask,
     RoundReply,
@@ -59,12 +61,14 @@ from fedal.compute import compute_context
 from fedal.config import ExperimentConfig
 from fedal.corruptions import experiment_data
 from fedal.datasets import LoadedDataset
+from fedal.evaluation_set import central_test_shard, central_test_view
+from fedal.models import build_for_dataset
 from fedal.node_folder import NodeFolder, NodeSettings
 from fedal.oracle import Annotator
 from fedal.pool import ClientPool
 from fedal.rundir import RunDirectory
 from fedal.shards import load_experiment
-from fedal.training import default_device
+from fedal.training import default_device, evaluation_sums
 from strategies import build_strategy
 
 app = ClientApp()
@@ -133,6 +137,27 @@ def train_pack(msg: Message, context: Context) -> Message:
             raise ValueError(f"client {client} is not in pack {pack}")
         replies[client] = train_client(task.content, client_context(context, client, config))
     return Message(content=PackedReply(replies).to_content(), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_shard(msg: Message, context: Context) -> Message:
+    """Evaluate the global arrays on one shard of the central test set
+    (``federation.evaluation_shards``): the shard's sums for the server to add up. Nothing
+    of this node's client is read or changed."""
+    started = time.perf_counter()
+    task = EvaluationTask.from_content(msg.content)
+    config = task.config
+    dataset = load_experiment(config).dataset
+    batch_size = config.training.eval_batch_size
+    test = central_test_view(config, dataset)
+    shard = central_test_shard(test, task.shard, task.shards, batch_size)
+    device = default_device()
+    model = build_for_dataset(config.model.helper, dataset, config.model.dropout)
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    with compute_context(device, config.training.bf16):
+        sums = evaluation_sums(model, shard, device, batch_size)
+    reply = EvaluationReply(sums, seconds=time.perf_counter() - started)
+    return Message(content=reply.to_content(), reply_to=msg)
 
 
 def client_context(context: Context, client: int, config: ExperimentConfig) -> Context:

@@ -1,6 +1,6 @@
 """The round protocol between fedal's ServerApp and ClientApp, typed.
 
-Four exchanges, each a dataclass with exactly one conversion to and one from Flower
+Five exchanges, each a dataclass with exactly one conversion to and one from Flower
 records:
 
 - :class:`ClientIdQuery` / :class:`ClientIdAnswer`: the server asks a node once which
@@ -10,6 +10,10 @@ records:
   ``server-round`` counts the rounds of one ``strategy.start`` call and is not used) and,
   in a resumed run, the round it resumed after.
 - :class:`RoundReply`: the helper's arrays and the :class:`~fedal.reports.ClientReport`.
+- :class:`EvaluationTask` / :class:`EvaluationReply`: with
+  ``federation.evaluation_shards`` the server sends the global arrays to that many nodes,
+  each evaluating one shard of the central test set, and sums their replies
+  (:mod:`fedal.app.evaluation`).
 - :class:`PackedTask` / :class:`PackedReply`: with ``federation.packs`` one node trains
   several clients (:mod:`fedal.app.packing`): the round's train content travels once with
   the list of the pack's drawn clients, and the reply holds each client's
@@ -27,8 +31,10 @@ does not validate the same config again every round (it was validated at the edg
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +48,8 @@ from flwr.app import (
 )
 
 from fedal.config import ExperimentConfig
-from fedal.reports import ClientReport
+from fedal.reports import ClientReport, MetricValue
+from fedal.training import EvalSums
 
 CLIENT_ID_ACTION = "client_id"
 CLIENT_ID_QUERY = f"{MessageType.QUERY}.{CLIENT_ID_ACTION}"
@@ -189,6 +196,55 @@ class RoundReply:
     def report_in(content: RecordDict) -> ClientReport:
         """Only the report of a reply, without converting its arrays."""
         return ClientReport.from_metrics(content.metric_records["metrics"])
+
+
+@dataclass(frozen=True)
+class EvaluationTask:
+    """Evaluate the global arrays on shard ``shard`` of ``shards`` of the central test set
+    (:func:`fedal.evaluation_set.central_test_shard`)."""
+
+    config: ExperimentConfig
+    shard: int
+    shards: int
+
+    def to_content(self, arrays: ArrayRecord) -> RecordDict:
+        record = ConfigRecord(
+            {_CONFIG_KEY: self.config.model_dump_json(), "shard": self.shard, "shards": self.shards}
+        )
+        return RecordDict({"arrays": arrays, "config": record})
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> EvaluationTask:
+        record = content.config_records["config"]
+        return cls(
+            config=_parse_config(str(record[_CONFIG_KEY])),
+            shard=record_int(record, "shard"),
+            shards=record_int(record, "shards"),
+        )
+
+
+@dataclass(frozen=True)
+class EvaluationReply:
+    """A shard's sums (:class:`~fedal.training.EvalSums`) and the node's seconds for them
+    (loading the test set, building the model, the passes)."""
+
+    sums: EvalSums
+    seconds: float
+
+    def to_content(self) -> RecordDict:
+        metrics: dict[str, MetricValue] = {
+            "correct": self.sums.correct,
+            "loss-sum": self.sums.loss_sum,
+            "count": self.sums.count,
+            "seconds": self.seconds,
+        }
+        return RecordDict({"metrics": MetricRecord(metrics)})
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> EvaluationReply:
+        metrics: Mapping[str, Any] = content.metric_records["metrics"]
+        sums = EvalSums(int(metrics["correct"]), float(metrics["loss-sum"]), int(metrics["count"]))
+        return cls(sums=sums, seconds=float(metrics["seconds"]))
 
 
 def pack_of(client: int, packs: int) -> int:

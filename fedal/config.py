@@ -228,6 +228,14 @@ class FederationSection(Schema):
             "k with k % P == p one after another in one worker (packed execution)"
         ),
     )
+    evaluation_shards: int = Field(
+        0,
+        ge=0,
+        description=(
+            "0: the server evaluates the global model on the test set; S >= 1: S nodes "
+            "evaluate one shard of it each (simulation: the worker slots), the server adds up"
+        ),
+    )
 
 
 class ExperimentConfig(Schema):
@@ -275,6 +283,22 @@ class ExperimentConfig(Schema):
             raise ValueError(
                 "federation.packs must be 0 with data.dataset 'image-folder': each node "
                 "folder is one client on its own device"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _evaluation_shards_fit_the_nodes(self) -> ExperimentConfig:
+        shards = self.federation.evaluation_shards
+        if shards > self.node_count:
+            raise ValueError(
+                f"federation.evaluation_shards {shards} is more than the {self.node_count} "
+                "Flower nodes (data.num_clients, or federation.packs when set); allowed: 0 "
+                f"(the server evaluates) to {self.node_count}"
+            )
+        if shards and self.data.dataset == FOLDER_DATASET:
+            raise ValueError(
+                "federation.evaluation_shards must be 0 with data.dataset 'image-folder': "
+                "the nodes hold their own images, not the central test set"
             )
         return self
 

@@ -2,9 +2,10 @@
 
 ``fedal resume RUN_DIR`` and ``flwr run . --run-config 'experiment.resume=true
 experiment.run_dir=RUN_DIR ...'`` both continue a recorded run; a resumed run must be the
-same experiment, so only the number of rounds and the client resources may differ from
-the recorded ``config.toml`` (and the bookkeeping fields that never affect results: where
-the run lives and the resume switch itself). Anything else is refused with one line
+same experiment, so only the number of rounds and the resources (client CPUs and GPUs,
+the nodes that evaluate) may differ from the recorded ``config.toml`` (and the
+bookkeeping fields that never affect results: where the run lives and the resume switch
+itself). Anything else is refused with one line
 before any file of the run directory is touched.
 """
 
@@ -16,7 +17,10 @@ from fedal.config import ExperimentConfig
 from fedal.rundir import RunDirectory
 from fedal.schema import ConfigError
 
-RESOURCES = frozenset({"federation.client_cpus", "federation.client_gpus"})
+# where the work runs, never what it computes
+RESOURCES = frozenset(
+    {"federation.client_cpus", "federation.client_gpus", "federation.evaluation_shards"}
+)
 RESUMABLE_CHANGES = RESOURCES | {"federation.rounds"}
 BOOKKEEPING = frozenset({"experiment.resume", "experiment.run_dir", "experiment.output_dir"})
 
@@ -40,7 +44,7 @@ def changed_settings(
 
 
 def check_resume(recorded: ExperimentConfig, requested: ExperimentConfig) -> None:
-    """Refuse a resume that changes anything but rounds and client resources."""
+    """Refuse a resume that changes anything but rounds and resources."""
     detail = changed_settings(recorded, requested, RESUMABLE_CHANGES | BOOKKEEPING)
     if detail:
         raise ConfigError(

@@ -91,6 +91,29 @@ class EvalStats:
     count: int
 
 
+@dataclass(frozen=True)
+class EvalSums:
+    """What an evaluation adds up over a labelled view: right predictions, the summed
+    cross-entropy (float64) and the samples. The sums of disjoint parts of a view add up
+    to the whole view's: the same right predictions and samples, the loss to float64
+    rounding."""
+
+    correct: int
+    loss_sum: float
+    count: int
+
+    def __add__(self, other: EvalSums) -> EvalSums:
+        return EvalSums(
+            self.correct + other.correct, self.loss_sum + other.loss_sum, self.count + other.count
+        )
+
+    def stats(self) -> EvalStats:
+        """Accuracy and mean loss (both NaN for an empty view)."""
+        if self.count == 0:
+            return EvalStats(accuracy=float("nan"), loss=float("nan"), count=0)
+        return EvalStats(self.correct / self.count, self.loss_sum / self.count, self.count)
+
+
 def wants_augmentation(batch: torch.Tensor) -> bool:
     """Crop/flip augmentation applies to colour images of 32x32 pixels."""
     return batch.dim() == 4 and batch.shape[1] == 3 and tuple(batch.shape[2:]) == (32, 32)
@@ -220,11 +243,19 @@ def train_supervised(
     )
 
 
-@torch.no_grad()
 def evaluate(
     model: nn.Module, view: SampleView, device: torch.device, batch_size: int
 ) -> EvalStats:
     """Accuracy and mean cross-entropy of ``model`` on a labelled view."""
+    return evaluation_sums(model, view, device, batch_size).stats()
+
+
+@torch.no_grad()
+def evaluation_sums(
+    model: nn.Module, view: SampleView, device: torch.device, batch_size: int
+) -> EvalSums:
+    """Right predictions, summed cross-entropy and samples of ``model`` on a labelled
+    view, ``batch_size`` rows at a time."""
     model.to(device).eval()
     # summed on the device (the loss in float64, as Python floats would), read once
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -235,7 +266,4 @@ def evaluate(
         targets = view.targets(rows, device)
         loss_sum += F.cross_entropy(logits, targets, reduction="sum").double()
         correct += (logits.argmax(dim=1) == targets).sum()
-    count = len(view)
-    if count == 0:
-        return EvalStats(accuracy=float("nan"), loss=float("nan"), count=0)
-    return EvalStats(accuracy=int(correct) / count, loss=float(loss_sum) / count, count=count)
+    return EvalSums(int(correct), float(loss_sum), len(view))

@@ -91,6 +91,25 @@ def test_account_sums_the_phases_and_derives_the_shares() -> None:
     assert report.host_mib_per_client > (100 + 200) / 2  # the workers' peaks plus ours
 
 
+def test_evaluation_on_nodes_counts_its_round_trip_beyond_the_shards_as_waiting() -> None:
+    """With ``federation.evaluation_shards`` a row's ``evaluation_seconds`` is the
+    nodes' compute and ``evaluation_exchange_seconds`` the round trip's wall time: the
+    slot-seconds of the trip not spent evaluating are messaging and waiting."""
+    config = load_config(DEMO, ["data.num_clients=2", "federation.client_cpus=1"])
+    reports = [costed(0, 1.5, pid=1), costed(1, 1.5, pid=2)]
+    rows = [row(0, [], 1.0), row(1, reports, 6.0), row(2, reports, 9.0)]
+    on_server = account(config, "demo", rows, 10.0, torch.device("cpu"), 100.0, 200.0)
+    for timed in rows:
+        timed["evaluation_exchange_seconds"] = 0.4  # 0.5 s of compute on the nodes
+    on_nodes = account(config, "demo", rows, 10.0, torch.device("cpu"), 100.0, 200.0)
+
+    slots = on_nodes.slots
+    waiting = on_server.phases["messaging_and_waiting"] + max(0.0, 3 * 0.4 * slots - 1.5)
+    assert on_nodes.phases["messaging_and_waiting"] == pytest.approx(waiting)
+    assert on_nodes.phases["evaluation"] == on_server.phases["evaluation"] == pytest.approx(1.5)
+    assert on_nodes.framework_share == on_server.framework_share
+
+
 def test_first_contact_ratio_compares_a_clients_first_round_with_its_later_ones() -> None:
     first = [costed(0, 3.0, pid=1), costed(1, 1.0, pid=1)]
     later = [costed(0, 1.0, pid=1), costed(1, 1.0, pid=1)]

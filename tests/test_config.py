@@ -266,6 +266,20 @@ def test_helper_loss_options_default_to_plain_cross_entropy() -> None:
     assert training.kcfu_mix_alpha == 2.0
 
 
+def test_evaluation_shards_must_fit_the_nodes_and_the_benchmark_data() -> None:
+    message = _error(["data.num_clients=4", "federation.evaluation_shards=5"])
+    assert "\n" not in message and "federation.evaluation_shards 5" in message
+    assert "the 4 Flower nodes" in message
+    assert "the 2 Flower nodes" in _error(
+        ["data.num_clients=4", "federation.packs=2", "federation.evaluation_shards=3"]
+    )
+    folders = ['data.dataset="image-folder"', 'data.classes="a,b"', 'data.test_dir="t"']
+    assert "federation.evaluation_shards must be 0" in _error(
+        [*folders, 'oracle.annotator="human"', "federation.evaluation_shards=1"]
+    )
+    assert load_config(None, ["federation.evaluation_shards=2"]).federation.evaluation_shards == 2
+
+
 def test_packs_must_fit_the_clients_and_the_benchmark_data() -> None:
     message = _error(["data.num_clients=4", "federation.packs=5"])
     assert "\n" not in message and "federation.packs 5" in message and "num_clients 4" in message

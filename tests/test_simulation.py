@@ -321,6 +321,36 @@ def test_a_resumed_run_equals_the_uninterrupted_run(data_dir: Path, tmp_path: Pa
     assert summary == json.loads((straight / "summary.json").read_text())
 
 
+def test_evaluation_on_nodes_gives_the_servers_results_and_may_change_on_resume(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """``federation.evaluation_shards=3``: three nodes evaluate a shard of the test set
+    each after every round (300 images in batches of 64: shards of 1, 2 and 2 batches)
+    and the server adds them up; the run records the same test accuracies as the
+    server's own evaluation, losses to float64 rounding, and the same ledger and uploads.
+    A resume may move the evaluation back to the server."""
+    batches = "training.eval_batch_size=64"
+    straight = run(
+        tiny_config(data_dir, tmp_path, batches, "federation.rounds=3"), tmp_path / "straight"
+    )
+    on_nodes = run(
+        tiny_config(data_dir, tmp_path, batches, "federation.evaluation_shards=3"),
+        tmp_path / "on-nodes",
+    )
+    back_on_the_server = ["--set", "federation.evaluation_shards=0"]
+    assert main(["resume", str(on_nodes), "--rounds", "3", *back_on_the_server]) == 0
+
+    expected, rows = RunDirectory(straight).read_rounds(), RunDirectory(on_nodes).read_rounds()
+    assert [row["test_accuracy"] for row in rows] == [row["test_accuracy"] for row in expected]
+    for row, server_row in zip(rows, expected, strict=True):
+        assert row["test_loss"] == pytest.approx(server_row["test_loss"], rel=1e-12)
+    exchanges = ["evaluation_exchange_seconds" in row for row in rows]
+    assert exchanges == [False, True, True, False]  # rounds 1-2 on the nodes
+    assert all(row["evaluation_seconds"] > 0 for row in rows)
+    assert np.array_equal(read_ledger(on_nodes), read_ledger(straight))
+    assert_same_uploads(straight, on_nodes)
+
+
 @pytest.mark.parametrize(
     ("aggregation", "strategy_class", "betas"),
     [

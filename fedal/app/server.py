@@ -26,6 +26,7 @@ from flwr.serverapp.strategy.fedopt import FedOpt
 
 from clients.protocol import RoundReply, RoundTask
 from clients.round import zero_control
+from fedal.app.evaluation import evaluate_on_nodes
 from fedal.app.packing import Packing
 from fedal.app.participation import Participation, wait_for_clients
 from fedal.app.preflight import checked_config
@@ -38,22 +39,15 @@ from fedal.checkpoint import (
 )
 from fedal.compute import compute_context
 from fedal.config import ExperimentConfig, from_flat
-from fedal.datasets import LoadedDataset
+from fedal.evaluation_set import central_test_view
 from fedal.models import build_for_dataset
 from fedal.plots import plot_runs
 from fedal.reports import ClientReport, round_totals
 from fedal.results import DroppedClient, RunRecorder
 from fedal.resume import check_results, check_resume
 from fedal.rundir import RunDirectory
-from fedal.shards import (
-    SUBSET_STREAM,
-    TEST_SUBSET_OWNER,
-    client_rng,
-    load_experiment,
-    partition_summary,
-)
-from fedal.training import default_device, evaluate
-from fedal.views import SampleView
+from fedal.shards import load_experiment, partition_summary
+from fedal.training import EvalStats, default_device, evaluate
 
 LOG = logging.getLogger("fedal.server")
 Strategy = TypeVar("Strategy", bound=FedAvg)
@@ -414,16 +408,6 @@ def restore_optimizer_state(strategy: FedAvg, state: dict[str, dict[str, np.ndar
                 setattr(strategy, name, dict(state[name]))
 
 
-def test_view(config: ExperimentConfig, dataset: LoadedDataset) -> SampleView:
-    """The test set (or a seeded ``data.test_subset`` of it) as a labelled view."""
-    total = len(dataset.test_y)
-    rows = np.arange(total, dtype=np.int64)
-    if 0 < config.data.test_subset < total:
-        rng = client_rng(config.experiment.seed, TEST_SUBSET_OWNER, SUBSET_STREAM)
-        rows = np.sort(rng.choice(total, size=config.data.test_subset, replace=False))
-    return SampleView(dataset.test_x, rows, dataset.input_spec, dataset.test_y[rows])
-
-
 def serve(grid: Grid, config: ExperimentConfig) -> dict[str, Any]:
     """Run the federation for ``federation.rounds`` rounds and write the run directory.
 
@@ -461,7 +445,7 @@ def _serve_locked(grid: Grid, config: ExperimentConfig, run: RunDirectory) -> di
     experiment = load_experiment(config)
     dataset = experiment.dataset
     model = build_for_dataset(config.model.helper, dataset, config.model.dropout).to(device)
-    test = test_view(config, dataset)
+    test = central_test_view(config, dataset)
     if resumed:
         model.load_state_dict({name: torch.from_numpy(a) for name, a in resumed.arrays.items()})
         recorder = RunRecorder.resume(run, config, start, resumed.ledger_rows)
@@ -482,18 +466,36 @@ def _serve_locked(grid: Grid, config: ExperimentConfig, run: RunDirectory) -> di
     if resumed:
         restore_optimizer_state(strategy, resumed.optimizer)
 
-    def central_evaluation(local_round: int, arrays: ArrayRecord) -> MetricRecord:
-        server_round = start + local_round
+    def evaluate_global(
+        local_round: int, arrays: ArrayRecord
+    ) -> tuple[EvalStats, dict[str, float]]:
+        """The global model's test metrics and the timings of the evaluation: its
+        compute seconds (``evaluation_seconds``, summed over the nodes) and, on nodes,
+        the round trip's wall seconds (``evaluation_exchange_seconds``). With
+        ``federation.evaluation_shards`` the nodes evaluate after every round; the
+        evaluation before the first one stays on the server, while the workers start."""
         evaluating = time.perf_counter()
+        if config.federation.evaluation_shards and local_round > 0:
+            stats, node_seconds = evaluate_on_nodes(grid, arrays, config)
+            exchange = time.perf_counter() - evaluating
+            return stats, {
+                "evaluation_seconds": node_seconds,
+                "evaluation_exchange_seconds": exchange,
+            }
         model.load_state_dict(arrays.to_torch_state_dict())
         with compute_context(device, config.training.bf16):
             stats = evaluate(model, test, device, config.training.eval_batch_size)
+        return stats, {"evaluation_seconds": time.perf_counter() - evaluating}
+
+    def central_evaluation(local_round: int, arrays: ArrayRecord) -> MetricRecord:
+        server_round = start + local_round
+        stats, evaluation_timings = evaluate_global(local_round, arrays)
         metrics = MetricRecord({"accuracy": stats.accuracy, "loss": stats.loss})
         if resumed and local_round == 0:
             return metrics  # this round is already in the results
         received, dropped = reports.take(server_round)
         timings = reports.take_timings(server_round)
-        timings["evaluation_seconds"] = time.perf_counter() - evaluating
+        timings.update(evaluation_timings)
         row = recorder.record_round(
             server_round,
             stats.accuracy,

@@ -18,8 +18,11 @@ Phases, in seconds summed over clients (client phases) or over rounds (server ph
   and state (de)serialisation, checkpoint writes);
 - ``messaging_and_waiting``: the slot-seconds of each round's exchange (tasks sent to
   replies aggregated, times ``slots``) not spent inside a ClientApp: transport, Ray
-  scheduling, and slots idle while the round waits for its slowest client;
-- ``aggregation`` and ``evaluation``: the server's aggregation and central evaluation.
+  scheduling, and slots idle while the round waits for its slowest client; with
+  ``federation.evaluation_shards`` also those of the evaluation's round trip not spent
+  evaluating;
+- ``aggregation``: the server's; ``evaluation``: the central evaluation's compute, on the
+  server or summed over the nodes that evaluate a shard (``federation.evaluation_shards``).
 
 Derived figures (the README's "Federation bench" defines them the same way):
 
@@ -28,7 +31,8 @@ Derived figures (the README's "Federation bench" defines them the same way):
 - ``model_compute`` = training + strategy_fit + scoring + selection + evaluation, and
   ``framework_share = 1 - model_compute / (wall_seconds * slots)``: the share of the
   workers' wall time not spent computing with models (the server's evaluation counts as
-  model compute: it holds the machine while the workers wait);
+  model compute once: it holds the machine while the workers wait; evaluated on the
+  nodes, it occupies the slots that evaluate);
 - ``later_framework_share``: the same over rounds 2 and later only (their wall time,
   their clients' compute and evaluations): the share a long run converges to;
 - ``client_rounds_per_second`` = client rounds / wall seconds;
@@ -254,7 +258,12 @@ def account(
     handler = sum(r.cost.handler_seconds for r in every)
     phases["client_overhead"] = max(0.0, handler - sum(phases[key] for key in CLIENT_PHASES))
     exchange = sum(row.get("exchange_seconds", 0.0) for row in rounds)
-    phases["messaging_and_waiting"] = max(0.0, exchange * parallel - handler)
+    on_nodes = [row for row in rows if "evaluation_exchange_seconds" in row]
+    evaluation_exchange = sum(row["evaluation_exchange_seconds"] for row in on_nodes)
+    node_evaluation = sum(row["evaluation_seconds"] for row in on_nodes)
+    phases["messaging_and_waiting"] = max(0.0, exchange * parallel - handler) + max(
+        0.0, evaluation_exchange * parallel - node_evaluation
+    )
     phases["aggregation"] = sum(row.get("aggregation_seconds", 0.0) for row in rounds)
     phases["evaluation"] = sum(row.get("evaluation_seconds", 0.0) for row in rows)
     compute = sum(phases[key] for key in MODEL_PHASES)
