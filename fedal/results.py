@@ -115,7 +115,8 @@ class RunRecorder:
     ) -> dict[str, Any]:
         """Append one round: test metrics, per-client reports, the clients whose reply
         the round went without (and why), ledger entries, and the server's ``timings``
-        (``exchange_seconds``, ``aggregation_seconds``, ``evaluation_seconds``)."""
+        (``exchange_seconds``, ``aggregation_seconds``, ``evaluation_seconds`` and, when
+        nodes evaluate, ``evaluation_exchange_seconds``)."""
         reports = sorted(reports, key=lambda report: report.client)
         self._count(reports)
         row = {

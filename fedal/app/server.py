@@ -1,7 +1,8 @@
 """Flower ``ServerApp``: Flower's FedAvg (or FedProx / FedAvgM / FedOpt, or SCAFFOLD on
 Flower's FedAvg base) over the clients' helpers,
-central evaluation of the task model on the test set at round 0 and after every round,
-and the per-round results writer.
+central evaluation of the task model on the test set at round 0 and after every round
+(by the server, or after each round by ``federation.evaluation_shards`` nodes:
+:mod:`fedal.app.evaluation`), and the per-round results writer.
 
 Round numbers are the run's absolute rounds everywhere (a resumed run continues its
 numbering); the one translation from the rounds of Flower's ``strategy.start`` happens in
