@@ -30,10 +30,12 @@ class NodeEvaluationError(RuntimeError):
 
 
 def evaluate_on_nodes(
-    grid: Grid, arrays: ArrayRecord, config: ExperimentConfig
+    grid: Grid, arrays: ArrayRecord, config: ExperimentConfig, samples: int
 ) -> tuple[EvalStats, float]:
     """The global ``arrays`` evaluated on ``federation.evaluation_shards`` nodes (the
-    first ones by node id), and the nodes' seconds summed over the shards."""
+    first ones by node id), and the nodes' seconds summed over the shards. The shards
+    must add up to the server's test view of ``samples`` images (a node holding another
+    test set fails the run)."""
     shards = config.federation.evaluation_shards
     nodes = sorted(grid.get_node_ids())[:shards]
     if len(nodes) < shards:
@@ -66,4 +68,9 @@ def evaluate_on_nodes(
         )
     ordered = [replies[shard] for shard in range(shards)]
     total = reduce(add, (reply.sums for reply in ordered))
+    if total.count != samples:
+        raise NodeEvaluationError(
+            f"the nodes evaluated {total.count} test images, the server's test set has "
+            f"{samples}: do they hold the same dataset (data.dataset, data.data_dir)?"
+        )
     return total.stats(), sum(reply.seconds for reply in ordered)

@@ -477,7 +477,7 @@ def _serve_locked(grid: Grid, config: ExperimentConfig, run: RunDirectory) -> di
         evaluation before the first one stays on the server, while the workers start."""
         evaluating = time.perf_counter()
         if config.federation.evaluation_shards and local_round > 0:
-            stats, node_seconds = evaluate_on_nodes(grid, arrays, config)
+            stats, node_seconds = evaluate_on_nodes(grid, arrays, config, len(test))
             exchange = time.perf_counter() - evaluating
             return stats, {
                 "evaluation_seconds": node_seconds,
