@@ -61,14 +61,14 @@ from fedal.compute import compute_context
 from fedal.config import ExperimentConfig
 from fedal.corruptions import experiment_data
 from fedal.datasets import LoadedDataset
-from fedal.evaluation_set import central_test_shard, central_test_view
+from fedal.evaluation_set import central_test_shard, central_test_view, evaluate_global_arrays
 from fedal.models import build_for_dataset
 from fedal.node_folder import NodeFolder, NodeSettings
 from fedal.oracle import Annotator
 from fedal.pool import ClientPool
 from fedal.rundir import RunDirectory
 from fedal.shards import load_experiment
-from fedal.training import default_device, evaluation_sums
+from fedal.training import default_device
 from strategies import build_strategy
 
 app = ClientApp()
@@ -153,9 +153,8 @@ def evaluate_shard(msg: Message, context: Context) -> Message:
     shard = central_test_shard(test, task.shard, task.shards, batch_size)
     device = default_device()
     model = build_for_dataset(config.model.helper, dataset, config.model.dropout)
-    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
-    with compute_context(device, config.training.bf16):
-        sums = evaluation_sums(model, shard, device, batch_size)
+    arrays = msg.content.array_records["arrays"].to_torch_state_dict()
+    sums = evaluate_global_arrays(model, arrays, shard, config, device)
     reply = EvaluationReply(sums, seconds=time.perf_counter() - started)
     return Message(content=reply.to_content(), reply_to=msg)
 

@@ -1,4 +1,5 @@
-"""The central test set: the view the task model is evaluated on, and its shards.
+"""The central test set: the view the task model is evaluated on, its shards, and the
+evaluation of the global arrays on either (by the server, or by a node for its shard).
 
 The server evaluates the whole view after every round; with
 ``federation.evaluation_shards = S`` it sends the global model to S nodes instead, each
@@ -8,11 +9,17 @@ evaluation batches, so every batch a node evaluates is a batch the server would 
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Mapping
 
+import numpy as np
+import torch
+from torch import nn
+
+from fedal.compute import compute_context
 from fedal.config import ExperimentConfig
 from fedal.datasets import LoadedDataset
 from fedal.shards import SUBSET_STREAM, TEST_SUBSET_OWNER, client_rng
+from fedal.training import EvalSums, evaluation_sums
 from fedal.views import SampleView
 
 
@@ -35,3 +42,18 @@ def central_test_shard(view: SampleView, shard: int, shards: int, batch_size: in
     batches = -(-len(view) // batch_size)
     first, last = (batches * k // shards * batch_size for k in (shard, shard + 1))
     return view.subset(np.arange(first, min(last, len(view)), dtype=np.int64))
+
+
+def evaluate_global_arrays(
+    model: nn.Module,
+    arrays: Mapping[str, torch.Tensor],
+    view: SampleView,
+    config: ExperimentConfig,
+    device: torch.device,
+) -> EvalSums:
+    """The sums of ``model`` holding the global ``arrays`` (by weight name) on ``view``,
+    computing as configured (:mod:`fedal.compute`) in batches of
+    ``training.eval_batch_size``."""
+    model.load_state_dict(arrays)
+    with compute_context(device, config.training.bf16):
+        return evaluation_sums(model, view, device, config.training.eval_batch_size)

@@ -38,9 +38,8 @@ from fedal.checkpoint import (
     load_server_checkpoint,
     save_server_checkpoint,
 )
-from fedal.compute import compute_context
 from fedal.config import ExperimentConfig, from_flat
-from fedal.evaluation_set import central_test_view
+from fedal.evaluation_set import central_test_view, evaluate_global_arrays
 from fedal.models import build_for_dataset
 from fedal.plots import plot_runs
 from fedal.reports import ClientReport, round_totals
@@ -48,7 +47,7 @@ from fedal.results import DroppedClient, RunRecorder
 from fedal.resume import check_results, check_resume
 from fedal.rundir import RunDirectory
 from fedal.shards import load_experiment, partition_summary
-from fedal.training import EvalStats, default_device, evaluate
+from fedal.training import EvalStats, default_device
 
 LOG = logging.getLogger("fedal.server")
 Strategy = TypeVar("Strategy", bound=FedAvg)
@@ -483,9 +482,8 @@ def _serve_locked(grid: Grid, config: ExperimentConfig, run: RunDirectory) -> di
                 "evaluation_seconds": node_seconds,
                 "evaluation_exchange_seconds": exchange,
             }
-        model.load_state_dict(arrays.to_torch_state_dict())
-        with compute_context(device, config.training.bf16):
-            stats = evaluate(model, test, device, config.training.eval_batch_size)
+        state = arrays.to_torch_state_dict()
+        stats = evaluate_global_arrays(model, state, test, config, device).stats()
         return stats, {"evaluation_seconds": time.perf_counter() - evaluating}
 
     def central_evaluation(local_round: int, arrays: ArrayRecord) -> MetricRecord:
