@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from clients.protocol import RoundReply
+from fedal.compute import place
 from fedal.config import ExperimentConfig
 from fedal.datasets import LoadedDataset
 from fedal.ema import EmaModel
@@ -284,7 +285,7 @@ def run_client_round(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     spec = dataset.input_spec
-    helper = build_for_dataset(config.model.helper, dataset, config.model.dropout).to(device)
+    helper = place(build_for_dataset(config.model.helper, dataset, config.model.dropout), device)
     helper.load_state_dict(global_state)
     scoring = config.query.scoring_model
     global_model = copy.deepcopy(helper) if scoring != "helper" else None

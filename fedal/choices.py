@@ -25,8 +25,8 @@ AnnotatorKind = Literal["simulated", "human"]
 Optimizer = Literal["sgd", "adam"]
 Schedule = Literal["constant", "cosine"]
 HelperLoss = Literal["cross_entropy", "evidential"]
-# Where model compute runs under bf16 autocast (fedal.compute).
-Bf16Autocast = Literal["cuda", "always", "off"]
+# Where a compute switch (bf16 autocast, channels_last) applies (fedal.compute).
+ComputeSwitch = Literal["cuda", "always", "off"]
 ScoringModel = Literal["helper", "global", "both"]
 PrivateData = Literal["candidates", "all"]
 Aggregation = Literal[

@@ -1,45 +1,74 @@
-"""How models compute on a device: bf16 autocast, channels_last inputs and cuDNN
-autotuning on CUDA; plain float32 on the CPU.
+"""How models compute on a device: bf16 autocast, the channels_last layout and cuDNN
+autotuning on CUDA; plain float32 in the contiguous layout on the CPU, unless configured.
 
-:func:`compute_context` wraps a client round and the central evaluation: under
-``training.bf16 = "cuda"`` (the default) convolutions and matrix products run in bfloat16
-on CUDA while weights, optimiser state and losses stay float32
-(:func:`torch.autocast`); ``"always"`` does the same on the CPU (how the test suite runs
-the CUDA path), ``"off"`` keeps float32 everywhere. On CUDA it also turns on cuDNN's
-autotuner (``torch.backends.cudnn.benchmark``), and :func:`input_memory_format` gives
-image batches the channels_last layout that tensor cores prefer. Nothing here changes a
-CPU run under the default: CPU runs stay bit-reproducible from their seed; what CUDA does
-not reproduce bit for bit is listed in the README ("Determinism").
+:func:`compute_context` wraps a client round and the central evaluation with two
+switches of :class:`fedal.config.TrainingSection`, each ``"cuda"`` (the default: on CUDA
+only), ``"always"`` or ``"off"``:
+
+- ``bf16``: convolutions and matrix products run in bfloat16 while weights, optimiser
+  state and losses stay float32 (:func:`torch.autocast`);
+- ``channels_last``: image batches (:func:`memory_format`, read by
+  :mod:`fedal.views`) and the convolution weights of the models placed with
+  :func:`place` use the channels_last layout, which tensor cores prefer and oneDNN's
+  CPU kernels run faster too (single-channel images take the layout only through the
+  weights: such a batch is laid out alike either way).
+
+``"always"`` turns a switch on for the CPU too (how the test suite runs the CUDA path;
+for ``channels_last`` also a faster CPU run, README "Many clients on one box"). On CUDA
+the context also turns on cuDNN's autotuner (``torch.backends.cudnn.benchmark``).
+Nothing here changes a CPU run under the defaults; a switch turned on for the CPU changes
+float rounding, not reproducibility: CPU runs stay bit-reproducible from their seed. What
+CUDA does not reproduce bit for bit is listed in the README ("Determinism").
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TypeVar
 
 import torch
+from torch import nn
 
-from fedal.choices import Bf16Autocast
+from fedal.choices import ComputeSwitch
+
+Module = TypeVar("Module", bound=nn.Module)
+
+_channels_last: ContextVar[ComputeSwitch] = ContextVar("channels_last", default="cuda")
 
 
-def autocasts(device: torch.device, bf16: Bf16Autocast) -> bool:
-    """Whether compute on ``device`` runs under bf16 autocast with setting ``bf16``."""
-    return bf16 == "always" or (bf16 == "cuda" and device.type == "cuda")
+def switched_on(device: torch.device, switch: ComputeSwitch) -> bool:
+    """Whether a compute switch set to ``switch`` applies on ``device``."""
+    return switch == "always" or (switch == "cuda" and device.type == "cuda")
 
 
 @contextmanager
-def compute_context(device: torch.device, bf16: Bf16Autocast) -> Iterator[None]:
+def compute_context(
+    device: torch.device, bf16: ComputeSwitch, channels_last: ComputeSwitch = "cuda"
+) -> Iterator[None]:
     """Run the enclosed model compute on ``device`` as configured (module docstring)."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    enabled = autocasts(device, bf16)
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled):
-        yield
+    token = _channels_last.set(channels_last)
+    try:
+        enabled = switched_on(device, bf16)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled):
+            yield
+    finally:
+        _channels_last.reset(token)
 
 
-def input_memory_format(device: torch.device) -> torch.memory_format:
-    """The layout of image batches on ``device``: channels_last on CUDA."""
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+def memory_format(device: torch.device) -> torch.memory_format:
+    """The layout of image batches and convolution weights on ``device`` under the
+    enclosing :func:`compute_context` (outside one: channels_last on CUDA only)."""
+    on = switched_on(device, _channels_last.get())
+    return torch.channels_last if on else torch.contiguous_format
+
+
+def place(model: Module, device: torch.device) -> Module:
+    """``model`` on ``device``, its 4-D weights in :func:`memory_format` (in place)."""
+    return model.to(device).to(memory_format=memory_format(device))
 
 
 # Dense bf16 tensor-core peaks (TFLOP/s, vendor data sheets) by device-name fragment,

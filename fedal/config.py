@@ -21,7 +21,7 @@ from fedal.choices import (
     FOLDER_DATASET,
     Aggregation,
     AnnotatorKind,
-    Bf16Autocast,
+    ComputeSwitch,
     Corruption,
     DataChoice,
     HelperLoss,
@@ -138,7 +138,9 @@ class TrainingSection(Schema):
     ``loss = "cross_entropy"`` (its local loss is a balanced-softmax cross entropy).
     Fine-tuning (``finetune``) keeps LHD's cross entropy on pseudo-labels with either.
     ``bf16``: where every client round and the central evaluation run under bf16
-    autocast (:mod:`fedal.compute`): on CUDA only, on every device, or nowhere.
+    autocast (:mod:`fedal.compute`): on CUDA only, on every device, or nowhere;
+    ``channels_last``: where their image batches and convolution weights take the
+    channels_last layout, likewise (on the CPU too it is faster and rounds differently).
     """
 
     epochs: int = Field(1, ge=0)
@@ -159,8 +161,12 @@ class TrainingSection(Schema):
     evidential_annealing_rounds: int = Field(10, ge=1)
     kcfu: bool = False
     kcfu_mix_alpha: float = Field(2.0, gt=0)
-    bf16: Bf16Autocast = Field(
+    bf16: ComputeSwitch = Field(
         "cuda", description="bf16 autocast: on CUDA only (default), on every device, or off"
+    )
+    channels_last: ComputeSwitch = Field(
+        "cuda",
+        description="channels_last layout: on CUDA only (default), on every device, or off",
     )
 
     @model_validator(mode="after")

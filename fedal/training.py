@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedal.choices import Optimizer, Schedule
+from fedal.compute import place
 from fedal.config import TrainingSection
 from fedal.evidential import EvidentialObjective, annealing_coefficient, class_prior
 from fedal.kcfu import KcfuObjective, label_counts
@@ -191,7 +192,7 @@ def train_supervised(
     started = time.perf_counter()
     if len(view) == 0 or settings.epochs == 0:
         return TrainStats(loss=float("nan"), steps=0, seconds=0.0)
-    model.to(device).train()
+    place(model, device).train()
     optimizer = make_optimizer(model, settings)
     steps_per_epoch = -(-len(view) // settings.batch_size)
     schedule = make_schedule(optimizer, settings, steps_per_epoch * settings.epochs)
@@ -256,7 +257,7 @@ def evaluation_sums(
 ) -> EvalSums:
     """Right predictions, summed cross-entropy and samples of ``model`` on a labelled
     view, ``batch_size`` rows at a time."""
-    model.to(device).eval()
+    place(model, device).eval()
     # summed on the device (the loss in float64, as Python floats would), read once
     correct = torch.zeros((), dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)

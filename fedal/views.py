@@ -4,7 +4,7 @@ Clients and query strategies never copy the dataset: they hold index arrays into
 process-wide arrays of :mod:`fedal.datasets` and turn a view into model-ready tensors
 one batch at a time. On CUDA the raw array is copied to the device once per process
 (:func:`resident`) and batches are gathered and normalised there, in the channels_last
-layout (:func:`fedal.compute.input_memory_format`).
+layout (:func:`fedal.compute.memory_format`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedal.compute import input_memory_format
+from fedal.compute import memory_format
 
 _RESIDENT_ARRAYS = 4  # raw arrays kept on a device per process (train, test, noisy sets)
 _resident: dict[tuple[int, str], tuple[np.ndarray, torch.Tensor]] = {}
@@ -60,7 +60,7 @@ class InputSpec:
         mean = torch.tensor(self.mean, device=batch.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=batch.device).view(1, -1, 1, 1)
         normalised = (batch.float().div_(255.0) - mean) / std
-        return normalised.contiguous(memory_format=input_memory_format(batch.device))
+        return normalised.contiguous(memory_format=memory_format(batch.device))
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from pydantic import Field
 from torch import nn
 
 from fedal.choices import ModelName
+from fedal.compute import place
 from fedal.config import TrainingSection
 from fedal.models import count_parameters
 from fedal.schema import Schema
@@ -75,7 +76,7 @@ class PrivateNetwork(Generic[Network]):
                 if self._pending:
                     self._module.load_state_dict(self._pending)
                     self._pending = {}
-        return self._module.to(ctx.device)
+        return place(self._module, ctx.device)
 
     def parameter_count(self) -> int:
         """Trainable parameters of the built network."""

@@ -101,6 +101,30 @@ def test_selection_contract_is_enforced() -> None:
         check_selection(np.array([1, 7]), 2, 5, "x")
 
 
+def test_a_round_in_channels_last_on_the_cpu_is_reproducible_and_learns_alike() -> None:
+    """``training.channels_last = "always"``: the helper and PSL's peers compute with
+    channels_last convolution weights on the CPU (the uploaded weights keep that layout),
+    the round repeats bit for bit from its seed, and its weights agree with the
+    contiguous layout's up to float rounding (same batches, other kernels)."""
+    config, experiment, state = setup("query.budget_per_query=3", 'training.channels_last="always"')
+    outcomes = []
+    for _ in range(2):
+        pool = experiment.new_pool(config, 2)
+        with compute_context(torch.device("cpu"), "cuda", config.training.channels_last):
+            outcomes.append(one_round(config, experiment, state, pool, 1, strategy="psl"))
+    first, second = outcomes
+    conv_weights = [v for v in first.helper_state.values() if v.dim() == 4]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in conv_weights)
+    assert any(not w.is_contiguous() for w in conv_weights)  # 1-channel ones are both
+    for name, value in first.helper_state.items():
+        assert torch.equal(value, second.helper_state[name]), name
+    assert first.report.ledger == second.report.ledger
+    contiguous = one_round(config, experiment, state, experiment.new_pool(config, 2), 1, "psl")
+    assert all(v.is_contiguous() for v in contiguous.helper_state.values())
+    for name, value in first.helper_state.items():
+        torch.testing.assert_close(value, contiguous.helper_state[name], rtol=1e-3, atol=1e-4)
+
+
 def test_a_round_under_bf16_autocast_uploads_float32_and_is_reproducible() -> None:
     """The CUDA compute path on the CPU (training.bf16 = "always"): the helper computes
     in bf16 but keeps and uploads float32 weights, learns, and repeats from its seed."""

@@ -113,12 +113,13 @@ def test_same_seed_gives_same_selection(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_fit_and_select_run_under_bf16_autocast(name: str) -> None:
+def test_fit_and_select_run_on_the_cuda_compute_path(name: str) -> None:
     """The CUDA compute path (fedal.compute), here on the CPU: every strategy trains
-    and scores under bf16 autocast and still selects validly (a client round under bf16
-    is checked for reproducibility in tests/test_client_round.py)."""
+    and scores under bf16 autocast with its networks in channels_last and still selects
+    validly (client rounds under each switch are checked for reproducibility in
+    tests/test_client_round.py)."""
     ctx = tiny_context(seed=5)
-    with compute_context(torch.device("cpu"), "always"):
+    with compute_context(torch.device("cpu"), "always", "always"):
         picks, _ = run(name, ctx)
     assert_valid(picks, ctx, BUDGET)
 

@@ -66,7 +66,7 @@ from typing import Any
 
 import torch
 
-from fedal.compute import compute_context, input_memory_format, synchronise
+from fedal.compute import compute_context, memory_format, place, synchronise
 from fedal.config import ExperimentConfig
 from fedal.models import build_for_dataset
 from fedal.reports import ClientReport
@@ -143,24 +143,25 @@ def model_throughput(
     inference passes on ``batch_size`` random inputs of the dataset's shape (after one
     warm-up step each), computing as the clients do (:mod:`fedal.compute`)."""
     dataset = load_experiment(config).dataset
-    model = build_for_dataset(config.model.helper, dataset, config.model.dropout).to(device)
-    inputs = torch.randn((batch_size, *dataset.train_x.shape[1:]), device=device)
-    if inputs.dim() == 4:
-        inputs = inputs.contiguous(memory_format=input_memory_format(device))
-    targets = torch.randint(0, dataset.meta.num_classes, (batch_size,), device=device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    training = config.training
+    with compute_context(device, training.bf16, training.channels_last):
+        model = place(build_for_dataset(config.model.helper, dataset, config.model.dropout), device)
+        inputs = torch.randn((batch_size, *dataset.train_x.shape[1:]), device=device)
+        if inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=memory_format(device))
+        targets = torch.randint(0, dataset.meta.num_classes, (batch_size,), device=device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
 
-    def train_step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(inputs), targets).backward()
-        optimizer.step()
+        def train_step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(inputs), targets).backward()
+            optimizer.step()
 
-    def inference_step() -> None:
-        with torch.no_grad():
-            model(inputs)
+        def inference_step() -> None:
+            with torch.no_grad():
+                model(inputs)
 
-    rates = []
-    with compute_context(device, config.training.bf16):
+        rates = []
         for step, mode in ((train_step, True), (inference_step, False)):
             model.train(mode)
             step()

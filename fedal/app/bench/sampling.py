@@ -71,8 +71,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fedal.choices import Bf16Autocast
-from fedal.compute import bf16_peak_tflops, compute_context, synchronise
+from fedal.choices import ComputeSwitch
+from fedal.compute import bf16_peak_tflops, compute_context, place, synchronise
 from fedal.models import Classifier, build_model, count_parameters
 from fedal.views import InputSpec, SampleView
 from strategies import RoundContext, available, build_strategy
@@ -105,7 +105,7 @@ class SamplingSettings:
     batch_size: int
     dropout: float
     seed: int
-    bf16: Bf16Autocast = "cuda"
+    bf16: ComputeSwitch = "cuda"
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ class SamplingReport:
     torch_threads: int
     batch_size: int
     seed: int
-    bf16: Bf16Autocast
+    bf16: ComputeSwitch
     memory_method: MemoryMethod
     forwards: tuple[ForwardCost, ...]
     results: tuple[StrategyRow, ...]
@@ -327,7 +327,7 @@ def _build(name: str, dropout: float = 0.0) -> Classifier:
 def _scorer(name: str, seed: int, settings: SamplingSettings, device: torch.device) -> Classifier:
     """An untrained scoring model, seeded with ``seed``, in eval mode on ``device``."""
     torch.manual_seed(seed)
-    return _build(name, settings.dropout).to(device).eval()
+    return place(_build(name, settings.dropout), device).eval()
 
 
 def _context(
