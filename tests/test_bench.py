@@ -44,9 +44,11 @@ def test_bench_sampling_writes_json_and_prints_a_table(
     assert status == 0
     report = json.loads(output.read_text())
     stored = json.loads(STORED_REPORT.read_text())
-    # the stored report predates the bf16 setting and the forward-pass rows
-    assert [key for key in report if key not in ("bf16", "forwards")] == list(stored)
-    assert report["bf16"] == "cuda" and report["forwards"][0]["model"] == "resnet8"
+    # the stored report predates the compute switches and the forward-pass rows
+    newer = ("bf16", "channels_last", "forwards")
+    assert [key for key in report if key not in newer] == list(stored)
+    assert report["bf16"] == report["channels_last"] == "cuda"
+    assert report["forwards"][0]["model"] == "resnet8"
     assert list(report["memory_method"]) == list(stored["memory_method"])
     assert (report["pool"], report["budget"], report["labelled"]) == (64, 8, 16)
     assert report["image_shape"] == [3, 32, 32]
@@ -188,11 +190,14 @@ def test_inference_clock_counts_outermost_passes_inside_its_block() -> None:
     assert not clock.running
 
 
-def test_the_scoring_forward_is_counted_and_the_bench_runs_the_bf16_path() -> None:
-    """bf16 autocast everywhere (the CUDA path, here on the CPU): the strategies still
-    select, and the forward pass reports its arithmetic (no peak known for a CPU)."""
-    report = run_sampling_bench(small_settings(strategies=("entropy", "badge"), bf16="always"))
-    assert report.bf16 == "always"
+def test_the_scoring_forward_is_counted_and_the_bench_runs_the_cuda_path() -> None:
+    """bf16 autocast and channels_last everywhere (the CUDA path, here on the CPU): the
+    strategies still select, and the forward pass reports its arithmetic (no peak known
+    for a CPU)."""
+    report = run_sampling_bench(
+        small_settings(strategies=("entropy", "badge"), bf16="always", channels_last="always")
+    )
+    assert report.bf16 == report.channels_last == "always"
     assert all(isinstance(row, StrategyCost) and row.selected == 8 for row in report.results)
     (forward,) = report.forwards
     assert forward.model == "resnet8" and forward.gflop_per_image > 0.01

@@ -50,6 +50,12 @@ def _add_sampling_parser(kinds: argparse._SubParsersAction) -> None:
         default="cuda",
         help="bf16 autocast: on CUDA only (default), everywhere, or off",
     )
+    sampling.add_argument(
+        "--channels-last",
+        choices=("cuda", "always", "off"),
+        default="cuda",
+        help="channels_last layout: on CUDA only (default), everywhere, or off",
+    )
     sampling.set_defaults(handler=cmd_bench_sampling)
 
 
@@ -84,6 +90,7 @@ def _sampling_settings(args: argparse.Namespace) -> SamplingSettings:
         dropout=args.dropout,
         seed=args.seed,
         bf16=args.bf16,
+        channels_last=args.channels_last,
     )
     sizes = {"pool": settings.pool, "batch-size": settings.batch_size}
     counts = {"budget": settings.budget, "labelled": settings.labelled}

@@ -40,7 +40,7 @@ def render_sampling_report(report: SamplingReport, console: Console | None = Non
         out.print(
             f"{forward.model} forward: {forward.seconds:.3f} s, "
             f"{forward.gflop_per_image:.3f} GFLOP/image, {forward.tflops:.2f} TFLOP/s{peak} "
-            f"(bf16 autocast: {report.bf16})"
+            f"(bf16 autocast: {report.bf16}, channels_last: {report.channels_last})"
         )
 
 

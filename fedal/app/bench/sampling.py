@@ -48,8 +48,9 @@ What is measured, per scorer and strategy (wall clock; CUDA synchronised):
   its own networks (PSL's peers, PAL's, ADS's and LHD's private networks), else the
   scorer's trainable parameter count.
 
-Everything runs as the clients compute (:mod:`fedal.compute`): under bf16 autocast on
-CUDA unless ``--bf16 off``, channels_last inputs, cuDNN autotuning.
+Everything runs as the clients compute (:mod:`fedal.compute`): under bf16 autocast and
+in the channels_last layout on CUDA unless ``--bf16 off`` / ``--channels-last off`` (or
+on the CPU too with ``always``), cuDNN autotuning.
 
 Results are typed: a :class:`StrategyCost` per measured scorer and strategy, a
 :class:`StrategyFailure` where fit or select raised, and a :class:`SamplingReport`
@@ -106,6 +107,7 @@ class SamplingSettings:
     dropout: float
     seed: int
     bf16: ComputeSwitch = "cuda"
+    channels_last: ComputeSwitch = "cuda"
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,7 @@ class SamplingReport:
     batch_size: int
     seed: int
     bf16: ComputeSwitch
+    channels_last: ComputeSwitch
     memory_method: MemoryMethod
     forwards: tuple[ForwardCost, ...]
     results: tuple[StrategyRow, ...]
@@ -222,7 +225,7 @@ def run_sampling_bench(
     images, labels = _synthetic_pool(settings)
     rows: list[StrategyRow] = []
     forwards: list[ForwardCost] = []
-    with compute_context(device, settings.bf16):
+    with compute_context(device, settings.bf16, settings.channels_last):
         for model_name in settings.models:
             scorer = _scorer(model_name, settings.seed, settings, device)
             scorers = scorer, _scorer(model_name, settings.seed + 1, settings, device)
@@ -248,6 +251,7 @@ def run_sampling_bench(
         batch_size=settings.batch_size,
         seed=settings.seed,
         bf16=settings.bf16,
+        channels_last=settings.channels_last,
         memory_method=MemoryMethod(
             cpu="vmhwm" if _can_reset_hwm() else "ru_maxrss",
             cuda="max_memory_allocated" if device.type == "cuda" else None,
