@@ -3,8 +3,9 @@
 Clients and query strategies never copy the dataset: they hold index arrays into the
 process-wide arrays of :mod:`fedal.datasets` and turn a view into model-ready tensors
 one batch at a time. On CUDA the raw array is copied to the device once per process
-(:func:`resident`) and batches are gathered and normalised there, in the channels_last
-layout (:func:`fedal.compute.memory_format`).
+(:func:`resident`) and batches are gathered and normalised there, in the layout of
+:func:`fedal.compute.memory_format` (channels_last on CUDA, and on the CPU under
+``training.channels_last = "always"``).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class InputSpec:
         return self.normalise(torch.as_tensor(np.ascontiguousarray(raw), device=device))
 
     def normalise(self, batch: torch.Tensor) -> torch.Tensor:
-        """A raw batch already on its device as model input (channels_last on CUDA)."""
+        """A raw batch already on its device as model input, laid out as
+        :func:`fedal.compute.memory_format` says."""
         if batch.dtype != torch.uint8:
             return batch.float()
         mean = torch.tensor(self.mean, device=batch.device).view(1, -1, 1, 1)

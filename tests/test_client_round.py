@@ -1,11 +1,17 @@
-"""One client round without Flower: budgets, exhaustion, caps, query cadence, contract."""
+"""One client round without a federation: budgets, exhaustion, caps, query cadence, contract,
+the compute switches (one test through the ClientApp's handler on Flower records)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from flwr.app import ArrayRecord, Context, RecordDict
 
+from clients.app import train_client
+from clients.protocol import RoundReply, RoundTask
 from clients.round import SelectionError, check_selection, query_budget, run_client_round
 from fedal.compute import compute_context
 from fedal.config import load_config
@@ -107,22 +113,53 @@ def test_a_round_in_channels_last_on_the_cpu_is_reproducible_and_learns_alike() 
     the round repeats bit for bit from its seed, and its weights agree with the
     contiguous layout's up to float rounding (same batches, other kernels)."""
     config, experiment, state = setup("query.budget_per_query=3", 'training.channels_last="always"')
+
+    def psl_round() -> tuple[RoundReply, dict[str, torch.Tensor]]:
+        strategy = build_strategy("psl")
+        pool = experiment.new_pool(config, 2)
+        reply = run_client_round(
+            config, experiment.dataset, pool, strategy, state, 1, torch.device("cpu")
+        )
+        return reply, strategy.state_dict()
+
     outcomes = []
     for _ in range(2):
-        pool = experiment.new_pool(config, 2)
         with compute_context(torch.device("cpu"), "cuda", config.training.channels_last):
-            outcomes.append(one_round(config, experiment, state, pool, 1, strategy="psl"))
-    first, second = outcomes
-    conv_weights = [v for v in first.helper_state.values() if v.dim() == 4]
-    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in conv_weights)
-    assert any(not w.is_contiguous() for w in conv_weights)  # 1-channel ones are both
+            outcomes.append(psl_round())
+    (first, peers), (second, _) = outcomes
+    for weights in (first.helper_state, peers):
+        conv_weights = [v for v in weights.values() if v.dim() == 4]
+        assert all(w.is_contiguous(memory_format=torch.channels_last) for w in conv_weights)
+        assert any(not w.is_contiguous() for w in conv_weights)  # 1-channel ones are both
     for name, value in first.helper_state.items():
         assert torch.equal(value, second.helper_state[name]), name
     assert first.report.ledger == second.report.ledger
-    contiguous = one_round(config, experiment, state, experiment.new_pool(config, 2), 1, "psl")
-    assert all(v.is_contiguous() for v in contiguous.helper_state.values())
+    contiguous, contiguous_peers = psl_round()
+    assert all(v.is_contiguous() for v in [*contiguous.helper_state.values()])
+    assert all(v.is_contiguous() for v in contiguous_peers.values())
     for name, value in first.helper_state.items():
         torch.testing.assert_close(value, contiguous.helper_state[name], rtol=1e-3, atol=1e-4)
+
+
+def test_the_client_app_computes_under_the_configured_switches(tmp_path: Path) -> None:
+    """The ClientApp's round handler (``clients.app.train_client``, on Flower records)
+    computes as ``training`` configures: channels_last gives helper weights other than
+    the contiguous layout's (float rounding), and the same ones when repeated."""
+    uploads = {}
+    for name, layout in (("first", "always"), ("again", "always"), ("contiguous", "cuda")):
+        config, _, state = setup(
+            f'training.channels_last="{layout}"', f'experiment.run_dir="{tmp_path / name}"'
+        )
+        task = RoundTask(1, config, (0,) * config.data.num_clients)
+        content = RecordDict({"arrays": ArrayRecord(state), "config": task.to_config_record()})
+        node = {"partition-id": 2, "num-partitions": config.data.num_clients}
+        context = Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config={})
+        uploads[name] = RoundReply.from_content(train_client(content, context)).helper_state
+    first, again, contiguous = uploads["first"], uploads["again"], uploads["contiguous"]
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], contiguous[k]) for k in first)
+    for name, value in first.items():
+        torch.testing.assert_close(value, contiguous[name], rtol=1e-3, atol=1e-4)
 
 
 def test_a_round_under_bf16_autocast_uploads_float32_and_is_reproducible() -> None:

@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord
 from clients.protocol import EvaluationReply, EvaluationTask
 from fedal.config import load_config
 from fedal.datasets import load_dataset
-from fedal.evaluation_set import central_test_shard, central_test_view
+from fedal.evaluation_set import central_test_shard, central_test_view, evaluate_global_arrays
 from fedal.models import build_for_dataset
 from fedal.training import EvalSums, evaluation_sums
 
@@ -57,3 +57,21 @@ def test_the_evaluation_exchange_round_trips_through_flower_records() -> None:
     assert torch.equal(content.array_records["arrays"].to_torch_state_dict()["w"], torch.ones(3))
     reply = EvaluationReply(EvalSums(7, 3.25, 10), seconds=0.5)
     assert EvaluationReply.from_content(reply.to_content()) == reply
+
+
+def test_the_central_evaluation_computes_in_the_configured_layout() -> None:
+    """``training.channels_last = "always"``: the evaluated model's convolutions run in
+    channels_last on the CPU and give the same predictions up to float rounding."""
+    dataset = load_dataset("fashion-mnist")
+    torch.manual_seed(0)
+    arrays = build_for_dataset("cnn", dataset).state_dict()
+    sums = {}
+    for layout in ("cuda", "always"):
+        config = load_config(None, ["data.test_subset=300", f'training.channels_last="{layout}"'])
+        model = build_for_dataset("cnn", dataset)
+        view = central_test_view(config, dataset)
+        sums[layout] = evaluate_global_arrays(model, arrays, view, config, CPU)
+        convs = [p for p in model.parameters() if p.dim() == 4]
+        assert any(not p.is_contiguous() for p in convs) == (layout == "always")
+    assert sums["always"].correct == sums["cuda"].correct
+    assert sums["always"].loss_sum == pytest.approx(sums["cuda"].loss_sum, rel=1e-5)

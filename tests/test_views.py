@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fedal.compute import compute_context
 from fedal.views import InputSpec, SampleView, resident
 
 SPEC = InputSpec(mean=(0.5,), std=(0.25,))
@@ -36,3 +37,19 @@ def test_off_the_cpu_each_array_is_copied_once_and_the_newest_few_are_kept() -> 
         resident(array, device)
     assert resident(arrays[4], device) is resident(arrays[4], device)
     assert resident(arrays[0], device) is not first  # the oldest was dropped, copied again
+
+
+def test_batches_take_the_layout_of_the_compute_context() -> None:
+    """Colour batches are channels_last under ``channels_last = "always"`` on the CPU,
+    contiguous under the default and again once the context is left."""
+    source = np.random.default_rng(1).integers(0, 256, (8, 3, 5, 5), dtype=np.uint8)
+    view = SampleView(source, np.arange(8), InputSpec((0.5,) * 3, (0.25,) * 3))
+    cpu = torch.device("cpu")
+    with compute_context(cpu, "off", "always"):
+        inside = view.inputs(slice(0, 4))
+    with compute_context(cpu, "off", "cuda"):
+        default = view.inputs(slice(0, 4))
+    after = view.inputs(slice(0, 4))
+    assert inside.is_contiguous(memory_format=torch.channels_last) and not inside.is_contiguous()
+    assert default.is_contiguous() and after.is_contiguous()
+    assert torch.equal(inside, default)
