@@ -254,7 +254,7 @@ def train_one_round(
         control = ControlVariates(server=server_control, client=client_control)
 
     device = default_device()
-    with compute_context(device, config.training.bf16, config.training.channels_last):
+    with compute_context(device, config.training):
         reply = run_client_round(
             config,
             dataset,

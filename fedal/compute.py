@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -43,16 +43,26 @@ def switched_on(device: torch.device, switch: ComputeSwitch) -> bool:
     return switch == "always" or (switch == "cuda" and device.type == "cuda")
 
 
+class ComputeSwitches(Protocol):
+    """The two switches: :class:`fedal.config.TrainingSection` (``config.training``), or
+    the settings of ``fedal bench sampling``."""
+
+    @property
+    def bf16(self) -> ComputeSwitch: ...
+
+    @property
+    def channels_last(self) -> ComputeSwitch: ...
+
+
 @contextmanager
-def compute_context(
-    device: torch.device, bf16: ComputeSwitch, channels_last: ComputeSwitch = "cuda"
-) -> Iterator[None]:
-    """Run the enclosed model compute on ``device`` as configured (module docstring)."""
+def compute_context(device: torch.device, switches: ComputeSwitches) -> Iterator[None]:
+    """Run the enclosed model compute on ``device`` as ``switches`` say (module
+    docstring)."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    token = _channels_last.set(channels_last)
+    token = _channels_last.set(switches.channels_last)
     try:
-        enabled = switched_on(device, bf16)
+        enabled = switched_on(device, switches.bf16)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled):
             yield
     finally:

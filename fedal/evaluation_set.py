@@ -55,5 +55,5 @@ def evaluate_global_arrays(
     computing as configured (:mod:`fedal.compute`) in batches of
     ``training.eval_batch_size``."""
     model.load_state_dict(arrays)
-    with compute_context(device, config.training.bf16, config.training.channels_last):
+    with compute_context(device, config.training):
         return evaluation_sums(model, view, device, config.training.eval_batch_size)

@@ -124,7 +124,7 @@ def test_a_round_in_channels_last_on_the_cpu_is_reproducible_and_learns_alike() 
 
     outcomes = []
     for _ in range(2):
-        with compute_context(torch.device("cpu"), "cuda", config.training.channels_last):
+        with compute_context(torch.device("cpu"), config.training):
             outcomes.append(psl_round())
     (first, peers), (second, _) = outcomes
     for weights in (first.helper_state, peers):
@@ -169,7 +169,7 @@ def test_a_round_under_bf16_autocast_uploads_float32_and_is_reproducible() -> No
     outcomes = []
     for _ in range(2):
         pool = experiment.new_pool(config, 2)
-        with compute_context(torch.device("cpu"), config.training.bf16):
+        with compute_context(torch.device("cpu"), config.training):
             outcomes.append(one_round(config, experiment, state, pool, 1, strategy="entropy"))
     first, second = outcomes
     assert {t.dtype for t in first.helper_state.values() if t.is_floating_point()} == {

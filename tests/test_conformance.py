@@ -18,6 +18,7 @@ import torch
 from strategy_context import make_context
 
 from fedal.compute import compute_context
+from fedal.config import TrainingSection
 from strategies import available, build_strategy, strategy_class
 from strategies.base import QueryStrategy, RoundContext
 
@@ -119,7 +120,8 @@ def test_fit_and_select_run_on_the_cuda_compute_path(name: str) -> None:
     validly (client rounds under each switch are checked for reproducibility in
     tests/test_client_round.py)."""
     ctx = tiny_context(seed=5)
-    with compute_context(torch.device("cpu"), "always", "always"):
+    cuda_path = TrainingSection(bf16="always", channels_last="always")
+    with compute_context(torch.device("cpu"), cuda_path):
         picks, _ = run(name, ctx)
     assert_valid(picks, ctx, BUDGET)
 

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from fedal.compute import compute_context
+from fedal.config import TrainingSection
 from fedal.views import InputSpec, SampleView, resident
 
 SPEC = InputSpec(mean=(0.5,), std=(0.25,))
@@ -45,9 +46,9 @@ def test_batches_take_the_layout_of_the_compute_context() -> None:
     source = np.random.default_rng(1).integers(0, 256, (8, 3, 5, 5), dtype=np.uint8)
     view = SampleView(source, np.arange(8), InputSpec((0.5,) * 3, (0.25,) * 3))
     cpu = torch.device("cpu")
-    with compute_context(cpu, "off", "always"):
+    with compute_context(cpu, TrainingSection(bf16="off", channels_last="always")):
         inside = view.inputs(slice(0, 4))
-    with compute_context(cpu, "off", "cuda"):
+    with compute_context(cpu, TrainingSection(bf16="off")):
         default = view.inputs(slice(0, 4))
     after = view.inputs(slice(0, 4))
     assert inside.is_contiguous(memory_format=torch.channels_last) and not inside.is_contiguous()

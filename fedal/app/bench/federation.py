@@ -143,8 +143,7 @@ def model_throughput(
     inference passes on ``batch_size`` random inputs of the dataset's shape (after one
     warm-up step each), computing as the clients do (:mod:`fedal.compute`)."""
     dataset = load_experiment(config).dataset
-    training = config.training
-    with compute_context(device, training.bf16, training.channels_last):
+    with compute_context(device, config.training):
         model = place(build_for_dataset(config.model.helper, dataset, config.model.dropout), device)
         inputs = torch.randn((batch_size, *dataset.train_x.shape[1:]), device=device)
         if inputs.dim() == 4:

@@ -225,7 +225,7 @@ def run_sampling_bench(
     images, labels = _synthetic_pool(settings)
     rows: list[StrategyRow] = []
     forwards: list[ForwardCost] = []
-    with compute_context(device, settings.bf16, settings.channels_last):
+    with compute_context(device, settings):
         for model_name in settings.models:
             scorer = _scorer(model_name, settings.seed, settings, device)
             scorers = scorer, _scorer(model_name, settings.seed + 1, settings, device)
