@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import psutil
 import torch
@@ -43,19 +45,24 @@ from clients.round import ControlVariates, next_client_control, run_client_round
 from clients.state import (
     POOL_KEY,
     Book,
-    export_state,
-    import_state,
     load_book,
     load_control,
     load_pool,
     load_strategy_state,
+    read_record,
     save_book,
     save_control,
     save_pool,
     save_strategy_state,
     state_bytes,
+    write_record,
 )
-from fedal.checkpoint import load_client_checkpoint, newest_client_round, save_client_checkpoint
+from fedal.checkpoint import (
+    Sections,
+    load_client_checkpoint,
+    newest_client_round,
+    save_client_checkpoint,
+)
 from fedal.choices import FOLDER_DATASET
 from fedal.compute import compute_context
 from fedal.config import ExperimentConfig
@@ -89,9 +96,9 @@ class WorkerStart:
 WORKER_START = WorkerStart()
 
 
-def partition_of(context: Context, num_clients: int) -> int:
-    """This node's client id from ``partition-id`` (simulation or ``--node-config``)."""
-    node_config = context.node_config
+def partition_of(node_config: Mapping[str, Any], num_clients: int) -> int:
+    """This node's client id from its config's ``partition-id`` (simulation or
+    ``--node-config``)."""
     if "partition-id" not in node_config:
         raise ValueError(
             "node config lacks 'partition-id' (start the SuperNode with "
@@ -111,31 +118,35 @@ def partition_of(context: Context, num_clients: int) -> int:
 def client_id(msg: Message, context: Context) -> Message:
     """Tell the server this node's client id (for reproducible client sampling)."""
     query = ClientIdQuery.from_content(msg.content)
-    answer = ClientIdAnswer(partition_of(context, query.num_clients))
+    answer = ClientIdAnswer(partition_of(context.node_config, query.num_clients))
     return Message(content=answer.to_content(), reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """One round of this node's client."""
-    return Message(content=train_client(msg.content, context), reply_to=msg)
+    """One round of this node's client, its state kept in ``context.state``."""
+    held = read_record(context.state)
+    content, state = train_client(msg.content, context.node_config, held)
+    write_record(context.state, state)
+    return Message(content=content, reply_to=msg)
 
 
 @app.train(PACK_ACTION)
 def train_pack(msg: Message, context: Context) -> Message:
     """One round of each drawn client of this node's pack (``federation.packs``), one
     after another in this process. Each client starts from its checkpoint of the round
-    before (``experiment.checkpoint`` is required with packs): keeping the pack's states
-    in the node's ``context.state`` would ship every client's state through Ray with
-    every message."""
+    before (``experiment.checkpoint`` is required with packs) and its state goes back
+    there: keeping the pack's states in the node's ``context.state`` would ship every
+    client's state through Ray with every message."""
     task = PackedTask.from_content(msg.content)
     config = RoundTask.from_content(task.content).config
-    pack = partition_of(context, config.federation.packs)
+    pack = partition_of(context.node_config, config.federation.packs)
     replies = {}
     for client in task.clients:
         if pack_of(client, config.federation.packs) != pack:
             raise ValueError(f"client {client} is not in pack {pack}")
-        replies[client] = train_client(task.content, client_context(context, client, config))
+        node = {"partition-id": client, "num-partitions": config.data.num_clients}
+        replies[client], _ = train_client(task.content, node, held={})
     return Message(content=PackedReply(replies).to_content(), reply_to=msg)
 
 
@@ -159,69 +170,62 @@ def evaluate_shard(msg: Message, context: Context) -> Message:
     return Message(content=reply.to_content(), reply_to=msg)
 
 
-def client_context(context: Context, client: int, config: ExperimentConfig) -> Context:
-    """The context a pack's client ``client`` would have on a node of its own, holding no
-    state (:func:`restore_newest_state` takes it from the client's checkpoint)."""
-    return Context(
-        run_id=context.run_id,
-        node_id=context.node_id,
-        node_config={"partition-id": client, "num-partitions": config.data.num_clients},
-        state=RecordDict(),
-        run_config=context.run_config,
-    )
-
-
-def train_client(content: RecordDict, context: Context) -> RecordDict:
-    """One round of the client of ``context``: train, query, and the reply's content
-    (the report's :class:`~fedal.reports.ClientCost` completed here)."""
+def train_client(
+    content: RecordDict, node_config: Mapping[str, Any], held: Sections
+) -> tuple[RecordDict, Sections]:
+    """One round of the client of ``node_config``, continuing from the newest of the
+    state ``held`` in memory and its checkpoint: the reply's content (the report's
+    :class:`~fedal.reports.ClientCost` completed here) and the client's new state."""
     started = time.perf_counter()
     task = RoundTask.from_content(content)
     config, server_round = task.config, task.server_round
-    client = partition_of(context, config.data.num_clients)
+    client = partition_of(node_config, config.data.num_clients)
     run = RunDirectory(Path(config.experiment.run_dir))
     with run.client_lock(client):
-        restore_newest_state(context, run, client, server_round)
-        reply, load_seconds = train_one_round(content, context, task, client, run)
+        state = newest_state(held, run, client, server_round)
+        reply, load_seconds = train_one_round(content, node_config, state, task, client, run)
     cost = replace(
         reply.report.cost,
         load_seconds=load_seconds,
         handler_seconds=time.perf_counter() - started,
-        state_bytes=state_bytes(context.state),
+        state_bytes=state_bytes(state),
         worker_pid=psutil.Process().pid,
         worker_start_seconds=WORKER_START.take(),
         worker_peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     )
-    return replace(reply, report=replace(reply.report, cost=cost)).to_content()
+    return replace(reply, report=replace(reply.report, cost=cost)).to_content(), state
 
 
-def restore_newest_state(
-    context: Context, run: RunDirectory, client: int, server_round: int
-) -> None:
-    """Continue from the newest of the state this process holds and the state the client
-    saved to disk before ``server_round``: on disk is newer when the run was resumed (a
-    new process holds nothing) or when a round whose reply came too late finished after
-    this task's context was read (its labels are in that file, and its next reply
-    reports them)."""
+def newest_state(held: Sections, run: RunDirectory, client: int, server_round: int) -> Sections:
+    """The newest of the state ``held`` in memory and the state the client saved to disk
+    before ``server_round``: on disk is newer when the run was resumed (a new process
+    holds nothing), for a packed client (which holds nothing in memory), or when a round
+    whose reply came too late finished after this task's context was read (its labels
+    are in that file, and its next reply reports them)."""
     saved = newest_client_round(run, client, server_round - 1)
-    held = load_book(context.state).round if POOL_KEY in context.state else None
-    if saved is None or (held is not None and saved <= held):
-        return
+    held_round = load_book(held).round if POOL_KEY in held else None
+    if saved is None or (held_round is not None and saved <= held_round):
+        return held
     restored = load_client_checkpoint(run, client, saved)
-    if restored is not None:
-        import_state(context.state, restored)
+    return held if restored is None else restored
 
 
 def client_data(
-    context: Context, config: ExperimentConfig, book: Book, client: int, run: RunDirectory
+    node_config: Mapping[str, Any],
+    state: Sections,
+    config: ExperimentConfig,
+    book: Book,
+    client: int,
+    run: RunDirectory,
 ) -> tuple[LoadedDataset, ClientPool, Annotator | None]:
     """The client's training set, its pool (new in its first round, then from the state)
     and, on a node folder, the person who labels (None: the benchmark's simulated oracle).
 
     A node folder's first round records in the run directory what the node holds and
     protects (:meth:`fedal.image_folder.NodeImages.summary`)."""
-    pool = load_pool(context.state, client)
+    pool = load_pool(state, client)
     if config.data.dataset == FOLDER_DATASET:
-        node = NodeFolder.open(NodeSettings.from_node_config(context.node_config), config.data)
+        node = NodeFolder.open(NodeSettings.from_node_config(node_config), config.data)
         if pool is None:
             pool = node.new_pool(client)
             run.write_node(client, {"client": client, **node.images.summary()})
@@ -234,21 +238,26 @@ def client_data(
 
 
 def train_one_round(
-    content: RecordDict, context: Context, task: RoundTask, client: int, run: RunDirectory
+    content: RecordDict,
+    node_config: Mapping[str, Any],
+    state: Sections,
+    task: RoundTask,
+    client: int,
+    run: RunDirectory,
 ) -> tuple[RoundReply, float]:
-    """Train, query and store the new state (in ``context.state``, and on disk with
+    """Train, query and update ``state`` in place (and write it to disk with
     ``experiment.checkpoint``); the reply and the seconds spent loading data."""
     config, server_round = task.config, task.server_round
-    book = load_book(context.state)
+    book = load_book(state)
     loading = time.perf_counter()
-    dataset, pool, annotator = client_data(context, config, book, client, run)
+    dataset, pool, annotator = client_data(node_config, state, config, book, client, run)
     load_seconds = time.perf_counter() - loading
     strategy = build_strategy(config.query.strategy, config.query.options)
-    strategy.load_state_dict(load_strategy_state(context.state))
+    strategy.load_state_dict(load_strategy_state(state))
     control = None
     if task.control is not None:  # SCAFFOLD: c from the server, c_i from the state
         server_control = {name: torch.tensor(array) for name, array in task.control.items()}
-        client_control = load_control(context.state)
+        client_control = load_control(state)
         if client_control is None:
             client_control = {name: torch.zeros_like(c) for name, c in server_control.items()}
         control = ControlVariates(server=server_control, client=client_control)
@@ -268,11 +277,11 @@ def train_one_round(
             annotator=annotator,
         )
     if control is not None and reply.control_delta is not None:
-        save_control(context.state, next_client_control(control.client, reply.control_delta))
-    save_pool(context.state, pool)
-    save_strategy_state(context.state, strategy.state_dict())
+        save_control(state, next_client_control(control.client, reply.control_delta))
+    save_pool(state, pool)
+    save_strategy_state(state, strategy.state_dict())
     book.round = server_round
-    save_book(context.state, book)
+    save_book(state, book)
     if config.experiment.checkpoint:
-        save_client_checkpoint(run, client, server_round, export_state(context.state))
+        save_client_checkpoint(run, client, server_round, state)
     return reply, load_seconds

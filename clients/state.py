@@ -1,10 +1,16 @@
-"""Persist a client's active-learning state in Flower's ``context.state`` between rounds.
+"""A client's active-learning state between rounds, as named sections of arrays.
 
 Stored: the pool (shard, protected mask, labelled set, the labels the oracle returned,
 the ledger), the query strategy's private state, SCAFFOLD's client control variate c_i
-(only with ``federation.aggregation = "scaffold"``), and bookkeeping (rounds seen, ledger
-entries reported, noisy examples appended). Random state needs no storage: every round's
-generators are derived from (seed, client, round).
+(only with ``federation.aggregation = "scaffold"``), and bookkeeping (rounds seen, noisy
+examples appended). Random state needs no storage: every round's generators are derived
+from (seed, client, round).
+
+A round reads and writes one :data:`~fedal.checkpoint.Sections` mapping of numpy
+arrays. It is kept between rounds in Flower's ``context.state`` (:func:`read_record`,
+:func:`write_record`: a node per client) and, with ``experiment.checkpoint``, in the
+client's checkpoint file, which is where a packed client keeps it (no Flower record in
+between).
 """
 
 from __future__ import annotations
@@ -14,16 +20,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import Array, ArrayRecord, RecordDict
 
-from clients.protocol import record_int
+from fedal.checkpoint import Sections
 from fedal.pool import ClientPool
 
 POOL_KEY = "fedal.pool"
 STRATEGY_KEY = "fedal.strategy"
 BOOK_KEY = "fedal.book"
 CONTROL_KEY = "fedal.control"
-ARRAY_SECTIONS = (POOL_KEY, STRATEGY_KEY, CONTROL_KEY)
+SECTION_KEYS = (POOL_KEY, STRATEGY_KEY, CONTROL_KEY, BOOK_KEY)
 
 
 @dataclass
@@ -37,98 +43,78 @@ class Book:
     total_noisy: int = 0
 
 
-def _arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {name: record[name].numpy() for name in record}
+def read_record(record: RecordDict) -> Sections:
+    """The state a node holds in its ``context.state`` (empty before its first round)."""
+    return {
+        key: {name: array.numpy() for name, array in record.array_records[key].items()}
+        for key in SECTION_KEYS
+        if key in record.array_records
+    }
 
 
-def save_pool(state: RecordDict, pool: ClientPool) -> None:
-    """Store the pool's arrays."""
-    state[POOL_KEY] = ArrayRecord(
-        {name: Array(np.ascontiguousarray(value)) for name, value in pool.to_arrays().items()}
-    )
+def write_record(record: RecordDict, state: Sections) -> None:
+    """Keep ``state`` in a node's ``context.state`` for its next round."""
+    for key, arrays in state.items():
+        record[key] = ArrayRecord(
+            {name: Array(np.require(value, requirements="C")) for name, value in arrays.items()}
+        )
 
 
-def load_pool(state: RecordDict, client: int) -> ClientPool | None:
+def load_pool(state: Sections, client: int) -> ClientPool | None:
     """The stored pool, or None on the client's first round."""
     if POOL_KEY not in state:
         return None
-    return ClientPool.from_arrays(client, _arrays(state.array_records[POOL_KEY]))
+    return ClientPool.from_arrays(client, state[POOL_KEY])
 
 
-def save_tensors(state: RecordDict, key: str, tensors: Mapping[str, torch.Tensor]) -> None:
-    """Store named tensors under ``key``."""
-    state[key] = ArrayRecord(
-        {
-            name: Array(tensor.detach().cpu().contiguous().numpy())
-            for name, tensor in tensors.items()
-        }
-    )
+def save_pool(state: Sections, pool: ClientPool) -> None:
+    """Store the pool's arrays."""
+    state[POOL_KEY] = dict(pool.to_arrays())
 
 
-def load_tensors(state: RecordDict, key: str) -> dict[str, torch.Tensor]:
+def load_tensors(state: Sections, key: str) -> dict[str, torch.Tensor]:
     """The named tensors stored under ``key`` (empty when there are none)."""
-    if key not in state:
-        return {}
-    stored = _arrays(state.array_records[key])
-    return {name: torch.from_numpy(array.copy()) for name, array in stored.items()}
+    return {name: torch.from_numpy(array.copy()) for name, array in state.get(key, {}).items()}
 
 
-def save_strategy_state(state: RecordDict, tensors: Mapping[str, torch.Tensor]) -> None:
-    """Store a strategy's ``state_dict`` (may be empty)."""
-    save_tensors(state, STRATEGY_KEY, tensors)
+def save_tensors(state: Sections, key: str, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Store named tensors under ``key``."""
+    state[key] = {
+        name: tensor.detach().cpu().contiguous().numpy() for name, tensor in tensors.items()
+    }
 
 
-def load_strategy_state(state: RecordDict) -> dict[str, torch.Tensor]:
+def load_strategy_state(state: Sections) -> dict[str, torch.Tensor]:
     """The stored strategy state (empty on the first round)."""
     return load_tensors(state, STRATEGY_KEY)
 
 
-def save_control(state: RecordDict, control: Mapping[str, torch.Tensor]) -> None:
-    """Store SCAFFOLD's client control variate c_i."""
-    save_tensors(state, CONTROL_KEY, control)
+def save_strategy_state(state: Sections, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Store a strategy's ``state_dict`` (may be empty)."""
+    save_tensors(state, STRATEGY_KEY, tensors)
 
 
-def load_control(state: RecordDict) -> dict[str, torch.Tensor] | None:
+def load_control(state: Sections) -> dict[str, torch.Tensor] | None:
     """The stored client control variate c_i (None before the client's first SCAFFOLD
     round: c_i starts at zero)."""
     return load_tensors(state, CONTROL_KEY) if CONTROL_KEY in state else None
 
 
-def load_book(state: RecordDict) -> Book:
+def save_control(state: Sections, control: Mapping[str, torch.Tensor]) -> None:
+    """Store SCAFFOLD's client control variate c_i."""
+    save_tensors(state, CONTROL_KEY, control)
+
+
+def load_book(state: Sections) -> Book:
     """The bookkeeping counters (zero on the first round)."""
-    if BOOK_KEY not in state:
-        return Book()
-    record = state.config_records[BOOK_KEY]
-    return Book(**{name: record_int(record, name) for name in record})
+    return Book(**{name: int(value.item()) for name, value in state.get(BOOK_KEY, {}).items()})
 
 
-def save_book(state: RecordDict, book: Book) -> None:
+def save_book(state: Sections, book: Book) -> None:
     """Store the bookkeeping counters."""
-    state[BOOK_KEY] = ConfigRecord(asdict(book))
+    state[BOOK_KEY] = {name: np.asarray(value) for name, value in asdict(book).items()}
 
 
-def export_state(state: RecordDict) -> dict[str, dict[str, np.ndarray]]:
-    """The stored pool, strategy state, control variate and bookkeeping as named sections
-    of arrays (for :func:`fedal.checkpoint.save_client_checkpoint`)."""
-    sections = {key: _arrays(state.array_records[key]) for key in ARRAY_SECTIONS if key in state}
-    sections[BOOK_KEY] = {
-        name: np.asarray(value) for name, value in asdict(load_book(state)).items()
-    }
-    return sections
-
-
-def import_state(state: RecordDict, sections: Mapping[str, Mapping[str, np.ndarray]]) -> None:
-    """Put what :func:`export_state` returned back into ``state``."""
-    for key in ARRAY_SECTIONS:
-        if key in sections:
-            arrays = sections[key].items()
-            state[key] = ArrayRecord({name: Array(np.ascontiguousarray(v)) for name, v in arrays})
-    book = sections.get(BOOK_KEY, {})
-    save_book(state, Book(**{name: int(value) for name, value in book.items()}))
-
-
-def state_bytes(state: RecordDict) -> int:
-    """Bytes of the arrays the client keeps in ``state`` between rounds."""
-    return sum(
-        len(array.data) for record in state.array_records.values() for array in record.values()
-    )
+def state_bytes(state: Sections) -> int:
+    """Bytes of the arrays the client keeps between rounds."""
+    return sum(array.nbytes for arrays in state.values() for array in arrays.values())

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, Context, RecordDict
+from flwr.app import ArrayRecord, RecordDict
 
 from clients.app import train_client
 from clients.protocol import RoundReply, RoundTask
 from clients.round import SelectionError, check_selection, query_budget, run_client_round
+from clients.state import STRATEGY_KEY, read_record, write_record
 from fedal.compute import compute_context
 from fedal.config import load_config
 from fedal.models import build_for_dataset
@@ -153,8 +154,8 @@ def test_the_client_app_computes_under_the_configured_switches(tmp_path: Path) -
         task = RoundTask(1, config, (0,) * config.data.num_clients)
         content = RecordDict({"arrays": ArrayRecord(state), "config": task.to_config_record()})
         node = {"partition-id": 2, "num-partitions": config.data.num_clients}
-        context = Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config={})
-        uploads[name] = RoundReply.from_content(train_client(content, context)).helper_state
+        reply, _ = train_client(content, node, held={})
+        uploads[name] = RoundReply.from_content(reply).helper_state
     first, again, contiguous = uploads["first"], uploads["again"], uploads["contiguous"]
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert any(not torch.equal(first[k], contiguous[k]) for k in first)
@@ -184,3 +185,37 @@ def test_a_round_under_bf16_autocast_uploads_float32_and_is_reproducible() -> No
     assert any(not torch.equal(first.helper_state[k], in_float32.helper_state[k]) for k in state), (
         "the round did not compute in bf16"
     )
+
+
+def test_a_round_continues_alike_from_the_nodes_record_or_from_the_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """A client's state reaches its next round through a node's ``context.state`` record
+    (a node per client) or through its checkpoint file alone (a packed client): PSL's
+    second round uploads the same helper, selects the same samples and keeps the same
+    state either way."""
+    config, _, state = setup('query.strategy="psl"', f'experiment.run_dir="{tmp_path}"')
+    node = {"partition-id": 1, "num-partitions": config.data.num_clients}
+
+    def content(server_round: int) -> RecordDict:
+        task = RoundTask(server_round, config, (0,) * config.data.num_clients)
+        return RecordDict({"arrays": ArrayRecord(state), "config": task.to_config_record()})
+
+    _, after_first = train_client(content(1), node, held={})
+    assert after_first[STRATEGY_KEY]  # PSL's peers are part of the state
+    record = RecordDict()
+    write_record(record, after_first)
+    second = {}
+    for name, held in (("record", read_record(record)), ("checkpoint", {})):
+        reply, kept = train_client(content(2), node, held=held)
+        second[name] = RoundReply.from_content(reply), kept
+    (by_record, kept_by_record), (by_file, kept_by_file) = second["record"], second["checkpoint"]
+    assert by_record.report.ledger == by_file.report.ledger
+    assert by_record.report.new_labels > 0
+    for name, value in by_record.helper_state.items():
+        assert torch.equal(value, by_file.helper_state[name]), name
+    assert kept_by_record.keys() == kept_by_file.keys()
+    for key, arrays in kept_by_record.items():
+        for name, array in arrays.items():
+            np.testing.assert_array_equal(array, kept_by_file[key][name], err_msg=f"{key}/{name}")
+    assert by_record.report.cost.state_bytes == by_file.report.cost.state_bytes > 0

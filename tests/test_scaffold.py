@@ -16,7 +16,7 @@ from torch import nn
 
 from clients.protocol import CONTROL_KEY, RoundReply, RoundTask
 from clients.round import ControlVariates, control_delta, next_client_control
-from clients.state import export_state, import_state, load_control, save_control
+from clients.state import load_control, read_record, save_control, write_record
 from fedal.app.preflight import checked_config, preflight
 from fedal.app.server import (
     RoundReports,
@@ -26,6 +26,7 @@ from fedal.app.server import (
     restore_optimizer_state,
     scaffold_aggregate,
 )
+from fedal.checkpoint import Sections, load_client_checkpoint, save_client_checkpoint
 from fedal.config import TrainingSection, load_config
 from fedal.reports import ClientReport
 from fedal.rundir import RunDirectory
@@ -199,12 +200,18 @@ def test_the_control_variates_cross_the_flower_boundary_once_each_way() -> None:
     assert without.control_delta is None and set(without.helper_state) == {"w"}
 
 
-def test_the_client_control_variate_lives_in_the_state_and_its_checkpoint() -> None:
-    state = RecordDict()
+def test_the_client_control_variate_lives_in_the_state_and_its_checkpoint(tmp_path: Path) -> None:
+    """c_i survives both stores of a client's state: a node's ``context.state`` record and
+    the checkpoint file (a packed client's only store)."""
+    state: Sections = {}
     assert load_control(state) is None
     save_control(state, {"w": tensor(2.75, 1.0)})
-    restored = RecordDict()
-    import_state(restored, export_state(state))
+    record = RecordDict()
+    write_record(record, state)
+    run = RunDirectory(tmp_path)
+    save_client_checkpoint(run, 0, 1, read_record(record))
+    restored = load_client_checkpoint(run, 0, 1)
+    assert restored is not None
     control = load_control(restored)
     assert control is not None
     torch.testing.assert_close(control["w"], tensor(2.75, 1.0))

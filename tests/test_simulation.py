@@ -479,7 +479,7 @@ def test_failed_and_late_replies_are_recorded_and_their_labels_reach_the_ledger(
     def train_and_fail_or_be_late(msg: Message, context: Context) -> Message:
         reply = train(msg, context)
         task = RoundTask.from_content(msg.content)
-        client = partition_of(context, task.config.data.num_clients)
+        client = partition_of(context.node_config, task.config.data.num_clients)
         if (task.server_round, client) == (2, 1):
             return Message(Error(code=1, reason="injected: the reply is lost"), reply_to=msg)
         if (task.server_round, client) == (2, 2):
