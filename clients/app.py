@@ -125,9 +125,7 @@ def client_id(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One round of this node's client, its state kept in ``context.state``."""
-    held = read_record(context.state)
-    content, state = train_client(msg.content, context.node_config, held)
-    write_record(context.state, state)
+    content = train_client(msg.content, context.node_config, context.state)
     return Message(content=content, reply_to=msg)
 
 
@@ -146,7 +144,7 @@ def train_pack(msg: Message, context: Context) -> Message:
         if pack_of(client, config.federation.packs) != pack:
             raise ValueError(f"client {client} is not in pack {pack}")
         node = {"partition-id": client, "num-partitions": config.data.num_clients}
-        replies[client], _ = train_client(task.content, node, held={})
+        replies[client] = train_client(task.content, node, record=None)
     return Message(content=PackedReply(replies).to_content(), reply_to=msg)
 
 
@@ -171,12 +169,15 @@ def evaluate_shard(msg: Message, context: Context) -> Message:
 
 
 def train_client(
-    content: RecordDict, node_config: Mapping[str, Any], held: Sections
-) -> tuple[RecordDict, Sections]:
+    content: RecordDict, node_config: Mapping[str, Any], record: RecordDict | None
+) -> RecordDict:
     """One round of the client of ``node_config``, continuing from the newest of the
-    state ``held`` in memory and its checkpoint: the reply's content (the report's
-    :class:`~fedal.reports.ClientCost` completed here) and the client's new state."""
+    state in ``record`` (its node's ``context.state``; None for a packed client, which
+    keeps its state in its checkpoint alone) and its checkpoint, and keeping the new
+    state there: the reply's content (the report's :class:`~fedal.reports.ClientCost`
+    completed here)."""
     started = time.perf_counter()
+    held = read_record(record) if record is not None else {}
     task = RoundTask.from_content(content)
     config, server_round = task.config, task.server_round
     client = partition_of(node_config, config.data.num_clients)
@@ -184,6 +185,8 @@ def train_client(
     with run.client_lock(client):
         state = newest_state(held, run, client, server_round)
         reply, load_seconds = train_one_round(content, node_config, state, task, client, run)
+    if record is not None:
+        write_record(record, state)
     cost = replace(
         reply.report.cost,
         load_seconds=load_seconds,
@@ -193,7 +196,7 @@ def train_client(
         worker_start_seconds=WORKER_START.take(),
         worker_peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     )
-    return replace(reply, report=replace(reply.report, cost=cost)).to_content(), state
+    return replace(reply, report=replace(reply.report, cost=cost)).to_content()
 
 
 def newest_state(held: Sections, run: RunDirectory, client: int, server_round: int) -> Sections:

@@ -13,10 +13,12 @@ from flwr.app import ArrayRecord, RecordDict
 from clients.app import train_client
 from clients.protocol import RoundReply, RoundTask
 from clients.round import SelectionError, check_selection, query_budget, run_client_round
-from clients.state import STRATEGY_KEY, read_record, write_record
+from clients.state import STRATEGY_KEY, read_record
+from fedal.checkpoint import load_client_checkpoint
 from fedal.compute import compute_context
 from fedal.config import load_config
 from fedal.models import build_for_dataset
+from fedal.rundir import RunDirectory
 from fedal.shards import load_experiment
 from strategies import build_strategy
 
@@ -154,7 +156,7 @@ def test_the_client_app_computes_under_the_configured_switches(tmp_path: Path) -
         task = RoundTask(1, config, (0,) * config.data.num_clients)
         content = RecordDict({"arrays": ArrayRecord(state), "config": task.to_config_record()})
         node = {"partition-id": 2, "num-partitions": config.data.num_clients}
-        reply, _ = train_client(content, node, held={})
+        reply = train_client(content, node, record=None)
         uploads[name] = RoundReply.from_content(reply).helper_state
     first, again, contiguous = uploads["first"], uploads["again"], uploads["contiguous"]
     assert all(torch.equal(first[k], again[k]) for k in first)
@@ -201,21 +203,22 @@ def test_a_round_continues_alike_from_the_nodes_record_or_from_the_checkpoint(
         task = RoundTask(server_round, config, (0,) * config.data.num_clients)
         return RecordDict({"arrays": ArrayRecord(state), "config": task.to_config_record()})
 
-    _, after_first = train_client(content(1), node, held={})
-    assert after_first[STRATEGY_KEY]  # PSL's peers are part of the state
     record = RecordDict()
-    write_record(record, after_first)
+    train_client(content(1), node, record)
+    assert read_record(record)[STRATEGY_KEY]  # PSL's peers are part of the state
     second = {}
-    for name, held in (("record", read_record(record)), ("checkpoint", {})):
-        reply, kept = train_client(content(2), node, held=held)
-        second[name] = RoundReply.from_content(reply), kept
+    for name, held_in in (("record", record), ("checkpoint", None)):
+        reply = RoundReply.from_content(train_client(content(2), node, held_in))
+        second[name] = reply, load_client_checkpoint(RunDirectory(tmp_path), 1, 2)
     (by_record, kept_by_record), (by_file, kept_by_file) = second["record"], second["checkpoint"]
+    assert kept_by_record is not None and kept_by_file is not None
     assert by_record.report.ledger == by_file.report.ledger
     assert by_record.report.new_labels > 0
     for name, value in by_record.helper_state.items():
         assert torch.equal(value, by_file.helper_state[name]), name
-    assert kept_by_record.keys() == kept_by_file.keys()
+    assert read_record(record).keys() == kept_by_record.keys() == kept_by_file.keys()
     for key, arrays in kept_by_record.items():
         for name, array in arrays.items():
             np.testing.assert_array_equal(array, kept_by_file[key][name], err_msg=f"{key}/{name}")
+            np.testing.assert_array_equal(array, read_record(record)[key][name])
     assert by_record.report.cost.state_bytes == by_file.report.cost.state_bytes > 0
