@@ -57,7 +57,6 @@ from clients.state import (
     state_bytes,
     write_record,
 )
-from fedal.allocator import reuse_freed_memory
 from fedal.checkpoint import (
     Sections,
     load_client_checkpoint,
@@ -80,7 +79,6 @@ from fedal.training import default_device
 from strategies import build_strategy
 
 app = ClientApp()
-reuse_freed_memory()  # every worker trains and scores: keep freed tensor memory for reuse
 
 
 class WorkerStart:

@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedal.allocator import reuse_freed_memory
 from fedal.app.arguments import config_from_args, overrides
 from fedal.config import (
     ConfigError,
@@ -319,7 +318,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
-    reuse_freed_memory()
     started = time.perf_counter()
     try:
         status = handler(args)
