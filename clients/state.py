@@ -69,7 +69,7 @@ def load_pool(state: Sections, client: int) -> ClientPool | None:
 
 def save_pool(state: Sections, pool: ClientPool) -> None:
     """Store the pool's arrays."""
-    state[POOL_KEY] = dict(pool.to_arrays())
+    state[POOL_KEY] = pool.to_arrays()
 
 
 def load_tensors(state: Sections, key: str) -> dict[str, torch.Tensor]:
