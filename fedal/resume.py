@@ -17,7 +17,8 @@ from fedal.config import ExperimentConfig
 from fedal.rundir import RunDirectory
 from fedal.schema import ConfigError
 
-# where the work runs, never what it computes
+# where the work runs; on the CPU client_cpus also sets torch's threads per client,
+# which changes the last bits of the weights (README, "Determinism")
 RESOURCES = frozenset(
     {"federation.client_cpus", "federation.client_gpus", "federation.evaluation_shards"}
 )
