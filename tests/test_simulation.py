@@ -188,12 +188,13 @@ def client_rounds(config: ExperimentConfig, client: int) -> list[RoundReply]:
     dataset = load_experiment(config).dataset
     helper = build_for_dataset(config.model.helper, dataset, config.model.dropout)
     arrays = {name: value.detach().clone() for name, value in helper.state_dict().items()}
-    scaffold = config.federation.aggregation == "scaffold"
-    control = {name: np.zeros(p.shape, np.float32) for name, p in helper.named_parameters()}
+    control = None  # SCAFFOLD's server c: zeros, as the server starts it
+    if config.federation.aggregation == "scaffold":
+        control = {name: np.zeros(p.shape, np.float32) for name, p in helper.named_parameters()}
     node = {"partition-id": client, "num-partitions": config.data.num_clients}
     record, replies, known = RecordDict(), [], (0,) * config.data.num_clients
     for server_round in (1, 2):
-        task = RoundTask(server_round, config, known, control if scaffold else None)
+        task = RoundTask(server_round, config, known, control)
         content = RecordDict(
             {"arrays": ArrayRecord(arrays), "config": task.to_config_record()}
             | task.to_array_records()
@@ -284,9 +285,7 @@ def test_paper_mode_protected_data_reaches_the_choice_only(tmp_path: Path, data_
     config = tiny_config(data_dir, tmp_path, *overrides)
     original = run(config, tmp_path / "original")
     protected = protected_indices(config)
-    images = load_dataset("fashion-mnist", str(data_dir)).train_x[:, 0].copy()
-    images[protected] = 255 - images[protected]
-    perturbed_dir = write_small_fashion_mnist(tmp_path / "perturbed", train_images=images)
+    perturbed_dir = perturbed_copy(config, data_dir, tmp_path / "perturbed")
     perturbed = run(tiny_config(perturbed_dir, tmp_path, *overrides), tmp_path / "perturbed-run")
 
     ledgers = read_ledger(original), read_ledger(perturbed)
