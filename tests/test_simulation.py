@@ -184,8 +184,9 @@ def perturbed_copy(config: ExperimentConfig, data_dir: Path, directory: Path) ->
 def client_rounds(config: ExperimentConfig, client: int) -> list[RoundReply]:
     """Two rounds of one client through the ClientApp's handler, its state kept in a
     node's record between them: round 1 from the seeded initial helper, round 2 from
-    round 1's upload (any fixed global model will do: the server sees only uploads, so a
-    client whose uploads and labels are isolated makes an isolated federation)."""
+    round 1's upload (any fixed global model will do: the server receives only uploads
+    and reports, so a client whose uploads and reports are isolated makes an isolated
+    federation)."""
     torch.manual_seed(config.experiment.seed)
     dataset = load_experiment(config).dataset
     helper = build_for_dataset(config.model.helper, dataset, config.model.dropout)
