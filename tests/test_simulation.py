@@ -172,9 +172,8 @@ def test_every_registered_strategy_has_an_isolation_variant() -> None:
     assert covered == set(available())
 
 
-def perturbed_copy(config: ExperimentConfig, data_dir: Path, directory: Path) -> Path:
-    """The small Fashion-MNIST with every protected sample's pixels inverted."""
-    protected = protected_indices(config)
+def perturbed_copy(protected: np.ndarray, data_dir: Path, directory: Path) -> Path:
+    """The small Fashion-MNIST with the pixels of every ``protected`` sample inverted."""
     assert len(protected) > 0.8 * TRAIN_COUNT
     images = load_dataset("fashion-mnist", str(data_dir)).train_x[:, 0].copy()
     images[protected] = 255 - images[protected]
@@ -223,11 +222,12 @@ def test_a_clients_rounds_never_let_protected_pixels_reach_its_uploads_or_labels
     the same samples, none of them protected."""
     overrides = STRICT_VARIANTS[variant]
     config = tiny_config(data_dir, tmp_path, *overrides, f'experiment.run_dir="{tmp_path}/a"')
-    perturbed_dir = perturbed_copy(config, data_dir, tmp_path / "perturbed")
+    protected = protected_indices(config)
+    perturbed_dir = perturbed_copy(protected, data_dir, tmp_path / "perturbed")
     perturbed = tiny_config(
         perturbed_dir, tmp_path, *overrides, f'experiment.run_dir="{tmp_path}/b"'
     )
-    protected = protected_indices(config)
+    scaffold = config.federation.aggregation == "scaffold"
     for client in range(config.data.num_clients):
         original, changed = client_rounds(config, client), client_rounds(perturbed, client)
         for server_round, (a, b) in enumerate(zip(original, changed, strict=True), start=1):
@@ -238,7 +238,7 @@ def test_a_clients_rounds_never_let_protected_pixels_reach_its_uploads_or_labels
             assert a.helper_state.keys() == b.helper_state.keys()
             for name, value in a.helper_state.items():
                 assert torch.equal(value, b.helper_state[name]), f"{where}: {name}"
-            assert (a.control_delta is None) == (b.control_delta is None), where
+            assert (a.control_delta is not None) == (b.control_delta is not None) == scaffold, where
             for name, value in (a.control_delta or {}).items():
                 assert torch.equal(value, b.control_delta[name]), f"{where}: delta-c/{name}"
 
@@ -266,7 +266,7 @@ def test_protected_pixels_never_influence_uploads_or_ledger(
     config = tiny_config(data_dir, tmp_path, *overrides)
     original = run(config, tmp_path / "original")
     protected = protected_indices(config)
-    perturbed_dir = perturbed_copy(config, data_dir, tmp_path / "perturbed")
+    perturbed_dir = perturbed_copy(protected, data_dir, tmp_path / "perturbed")
     perturbed = run(tiny_config(perturbed_dir, tmp_path, *overrides), tmp_path / "perturbed-run")
 
     assert np.isin(read_ledger(original)[:, 2], protected).sum() == 0
@@ -296,7 +296,7 @@ def test_paper_mode_protected_data_reaches_the_choice_only(tmp_path: Path, data_
     config = tiny_config(data_dir, tmp_path, *overrides)
     original = run(config, tmp_path / "original")
     protected = protected_indices(config)
-    perturbed_dir = perturbed_copy(config, data_dir, tmp_path / "perturbed")
+    perturbed_dir = perturbed_copy(protected, data_dir, tmp_path / "perturbed")
     perturbed = run(tiny_config(perturbed_dir, tmp_path, *overrides), tmp_path / "perturbed-run")
 
     ledgers = read_ledger(original), read_ledger(perturbed)
