@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from fedal.pooling import MaxPool2d
+
 if TYPE_CHECKING:
     from fedal.datasets import LoadedDataset
 
@@ -155,9 +157,9 @@ def _cnn(in_channels: int, image_size: tuple[int, int] | None) -> tuple[nn.Modul
     flat = 64 * (height // 4) * (width // 4)
     features = nn.Sequential(
         *_conv_bn_relu(in_channels, 32),
-        nn.MaxPool2d(2),
+        MaxPool2d(2),
         *_conv_bn_relu(32, 64),
-        nn.MaxPool2d(2),
+        MaxPool2d(2),
         nn.Flatten(),
         nn.Linear(flat, CNN_EMBEDDING_DIM),
         nn.ReLU(inplace=True),

@@ -151,3 +151,58 @@ def test_same_seed_gives_identical_initial_weights(kwargs: dict) -> None:
     assert first.keys() == second.keys()
     for key in first:
         assert torch.equal(first[key], second[key]), key
+
+
+# ------------------------------------------------------------------ the CPU max-pool path
+
+
+def _tied_activations(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """ReLU-like activations with flat regions (ties within windows), as on a plain
+    background."""
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(shape, generator=generator).relu()
+    values[:, :, : shape[2] // 3] = 0.5
+    return values.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(58, 32, 28, 28), (3, 64, 14, 14), (2, 8, 7, 9)])
+def test_fedal_max_pool_matches_torch_in_values_and_gradients(
+    shape: tuple[int, ...], dtype: torch.dtype
+) -> None:
+    from fedal.pooling import MaxPool2d
+
+    ours_in = _tied_activations(shape, dtype).requires_grad_()
+    torch_in = ours_in.detach().clone().requires_grad_()
+    ours, reference = MaxPool2d(2)(ours_in), nn.MaxPool2d(2)(torch_in)
+    assert type(ours.grad_fn).__name__ == "_ChannelsLastMaxPoolBackward"  # the fast path
+    assert ours.is_contiguous() and ours.dtype == dtype
+    assert torch.equal(ours, reference)
+    upstream = torch.randn(reference.shape, generator=torch.Generator().manual_seed(1))
+    ours.backward(upstream.to(dtype))
+    reference.backward(upstream.to(dtype))
+    assert torch.equal(ours_in.grad, torch_in.grad)
+    with torch.no_grad():
+        assert torch.equal(MaxPool2d(2)(torch_in), reference)
+    layout = torch_in.detach().contiguous(memory_format=torch.channels_last)
+    assert torch.equal(MaxPool2d(2)(layout), reference)  # channels_last: torch's own
+
+
+def test_the_cnn_trains_bit_for_bit_as_with_torchs_max_pool() -> None:
+    """The demo CNN with fedal's pooling and with torch's: same logits and gradients."""
+    from fedal.pooling import MaxPool2d
+
+    torch.manual_seed(0)
+    ours = _image_model("cnn", (1, 28, 28))
+    reference = _image_model("cnn", (1, 28, 28))
+    reference.load_state_dict(ours.state_dict())
+    pools = [name for name, m in reference.features.named_children() if isinstance(m, MaxPool2d)]
+    assert len(pools) == 2
+    for name in pools:
+        setattr(reference.features, name, nn.MaxPool2d(2))
+    inputs = torch.zeros(16, 1, 28, 28)
+    inputs[:, :, 6:22, 8:20] = torch.rand(16, 1, 16, 12, generator=torch.Generator().manual_seed(2))
+    for model in (ours, reference):
+        model(inputs).logsumexp(1).sum().backward()
+    for (name, weight), twin in zip(ours.named_parameters(), reference.parameters(), strict=True):
+        assert torch.equal(weight.grad, twin.grad), name
