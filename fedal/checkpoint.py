@@ -6,11 +6,14 @@ In the run directory's ``checkpoints/`` (file names: :class:`fedal.rundir.RunDir
   how many ledger rows the run directory held then, and the server optimizer's state
   (FedAvgM's momentum, FedAdam / FedYogi / FedAdagrad's moments, SCAFFOLD's control
   variate c as section ``optimizer.control``). Rewritten after every round.
-- ``client-<k>-round-<r>.npz``: client ``k``'s state after it trained in round ``r``
+- ``client-<k>/round-<r>.npz``: client ``k``'s state after it trained in round ``r``
   (pool, strategy state, SCAFFOLD's control variate c_i, bookkeeping), as named sections
-  of arrays. The two newest per
+  of arrays, in a folder per client (beside its ``lock``), so that finding a client's
+  files does not list every client's. The two newest per
   client are kept: the server records round ``r - 1`` before any client trains in round
   ``r``, so a resume from the server's round always finds a client file at or before it.
+  Runs written before the folders (``client-<k>-round-<r>.npz``) are moved into them when
+  they resume (:func:`adopt_flat_client_checkpoints`).
 
 Every file is written to a temporary name and renamed, so a crash never leaves half a
 checkpoint. Arrays are stored as ``<section>/<name>`` entries of one ``.npz``.
@@ -19,6 +22,7 @@ checkpoint. Arrays are stored as ``<section>/<name>`` entries of one ``.npz``.
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -116,9 +120,25 @@ def discard_client_checkpoints_after(run: RunDirectory, server_round: int) -> No
     """Delete every client file of a round after ``server_round``: when a run resumes
     from its server checkpoint of ``server_round``, later client files belong to the
     interrupted run (rounds the results never recorded) and must not be restored."""
-    for path in run.checkpoint_dir.glob("client-*-round-*.npz"):
-        if int(path.stem.rsplit("-", 1)[1]) > server_round:
+    for path in run.checkpoint_dir.glob("client-*/round-*.npz"):
+        if int(path.stem.removeprefix("round-")) > server_round:
             path.unlink()
+
+
+FLAT_CLIENT_FILE = re.compile(r"client-(\d+)-round-(\d+)\.npz")
+"""A client file as runs before the per-client folders named it, in ``checkpoints/``."""
+
+
+def adopt_flat_client_checkpoints(run: RunDirectory) -> None:
+    """Move client files of the earlier flat layout (``checkpoints/client-<k>-round-<r>.npz``)
+    into the client's folder (:meth:`RunDirectory.client_checkpoint_file`), so a run
+    written before the folders resumes; files are renamed, never rewritten."""
+    for path in run.checkpoint_dir.glob("client-*-round-*.npz"):
+        match = FLAT_CLIENT_FILE.fullmatch(path.name)
+        if match:
+            target = run.client_checkpoint_file(int(match.group(1)), int(match.group(2)))
+            target.parent.mkdir(exist_ok=True)
+            path.rename(target)
 
 
 def _flatten(sections: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:

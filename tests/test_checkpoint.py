@@ -9,6 +9,7 @@ import pytest
 
 from fedal.checkpoint import (
     ServerCheckpoint,
+    adopt_flat_client_checkpoints,
     discard_client_checkpoints_after,
     load_client_checkpoint,
     load_server_checkpoint,
@@ -72,8 +73,9 @@ def test_client_checkpoints_keep_the_two_newest_and_load_at_or_before_a_round(
         save_client_checkpoint(RunDirectory(tmp_path), 2, server_round, state)
     save_client_checkpoint(RunDirectory(tmp_path), 12, 9, {"fedal.pool": {"labelled": np.zeros(1)}})
 
-    names = sorted(p.name for p in RunDirectory(tmp_path).checkpoint_dir.iterdir())
-    assert names == ["client-12-round-9.npz", "client-2-round-3.npz", "client-2-round-4.npz"]
+    checkpoints = RunDirectory(tmp_path).checkpoint_dir
+    names = sorted(str(p.relative_to(checkpoints)) for p in checkpoints.rglob("*.npz"))
+    assert names == ["client-12/round-9.npz", "client-2/round-3.npz", "client-2/round-4.npz"]
     assert load_client_checkpoint(RunDirectory(tmp_path), 2, 3)["fedal.pool"][
         "labelled"
     ].tolist() == [3, 3]
@@ -93,7 +95,24 @@ def test_a_resume_discards_client_files_of_rounds_the_server_never_recorded(
 
     discard_client_checkpoints_after(run, 2)
 
-    names = sorted(path.name for path in run.checkpoint_dir.glob("*.npz"))
-    assert names == ["client-0-round-2.npz", "client-1-round-1.npz"]
+    names = sorted(
+        str(p.relative_to(run.checkpoint_dir)) for p in run.checkpoint_dir.rglob("*.npz")
+    )
+    assert names == ["client-0/round-2.npz", "client-1/round-1.npz"]
     assert newest_client_round(run, 0, 10) == 2
     assert newest_client_round(run, 1, 0) is None
+
+
+def test_client_files_of_the_flat_layout_move_into_their_folders(tmp_path: Path) -> None:
+    run = RunDirectory(tmp_path)
+    for client, server_round in ((0, 2), (0, 3), (12, 1)):
+        save_client_checkpoint(run, client, server_round, {"fedal.pool": {"l": np.full(1, client)}})
+        path = run.client_checkpoint_file(client, server_round)
+        path.rename(run.checkpoint_dir / f"client-{client}-round-{server_round}.npz")
+    assert newest_client_round(run, 0, 10) is None  # not found where they were
+
+    adopt_flat_client_checkpoints(run)
+
+    assert not list(run.checkpoint_dir.glob("*.npz"))
+    assert newest_client_round(run, 0, 10) == 3 and newest_client_round(run, 12, 10) == 1
+    assert load_client_checkpoint(run, 12, 1)["fedal.pool"]["l"].tolist() == [12]

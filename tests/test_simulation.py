@@ -387,6 +387,8 @@ def test_fedal_run_joins_a_ray_head_started_with_ray_start(
 
 
 def test_a_resumed_run_equals_the_uninterrupted_run(data_dir: Path, tmp_path: Path) -> None:
+    """Also when the interrupted run's client files are in the flat layout of the runs
+    written before the per-client folders (``client-<k>-round-<r>.npz``)."""
     settings = (
         'query.strategy="psl"',  # peers persist in the client checkpoints
         "query.options.epochs=1",
@@ -408,7 +410,11 @@ def test_a_resumed_run_equals_the_uninterrupted_run(data_dir: Path, tmp_path: Pa
         interrupted,
     )
     # a crash after round 2 left a client file of an unrecorded round 3 behind
-    (RunDirectory(interrupted).checkpoint_dir / "client-0-round-3.npz").write_bytes(b"not reached")
+    checkpoints = RunDirectory(interrupted).checkpoint_dir
+    (checkpoints / "client-0-round-3.npz").write_bytes(b"not reached")
+    for path in checkpoints.glob("client-*/round-*.npz"):  # as runs before the folders
+        path.rename(checkpoints / f"{path.parent.name}-{path.name}")
+    assert not list(checkpoints.glob("client-*/round-*.npz"))
 
     assert main(["resume", str(interrupted), "--rounds", "3"]) == 0
 

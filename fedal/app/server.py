@@ -34,6 +34,7 @@ from fedal.app.preflight import checked_config
 from fedal.app.progress import RoundProgress
 from fedal.checkpoint import (
     ServerCheckpoint,
+    adopt_flat_client_checkpoints,
     discard_client_checkpoints_after,
     load_server_checkpoint,
     save_server_checkpoint,
@@ -429,6 +430,7 @@ def _serve_locked(grid: Grid, config: ExperimentConfig, run: RunDirectory) -> di
         check_resume(run.read_config(), config)
         resumed = load_server_checkpoint(run)
         check_results(run, resumed.round, resumed.ledger_rows)
+        adopt_flat_client_checkpoints(run)
         discard_client_checkpoints_after(run, resumed.round)  # the interrupted run's
     else:
         run.refuse_if_taken()
