@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedal.rundir import RunDirectory
+from fedal.rundir import CLIENT_ROUND_FILE, RunDirectory
 from fedal.schema import ConfigError
 
 KEPT_PER_CLIENT = 2
@@ -121,7 +121,8 @@ def discard_client_checkpoints_after(run: RunDirectory, server_round: int) -> No
     from its server checkpoint of ``server_round``, later client files belong to the
     interrupted run (rounds the results never recorded) and must not be restored."""
     for path in run.checkpoint_dir.glob("client-*/round-*.npz"):
-        if int(path.stem.removeprefix("round-")) > server_round:
+        match = CLIENT_ROUND_FILE.fullmatch(path.name)
+        if match and int(match.group(1)) > server_round:
             path.unlink()
 
 

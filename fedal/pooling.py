@@ -54,14 +54,13 @@ class MaxPool2d(nn.MaxPool2d):
 
     def __init__(self, kernel: int) -> None:
         super().__init__(kernel)
-        self.kernel = kernel
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Pool ``inputs`` of shape ``(N, C, H, W)``."""
         if inputs.device.type != "cpu" or inputs.dim() != 4 or not inputs.is_contiguous():
             return super().forward(inputs)
         if torch.is_grad_enabled() and inputs.requires_grad:
-            pooled: torch.Tensor = _ChannelsLastMaxPool.apply(inputs, self.kernel)
+            pooled: torch.Tensor = _ChannelsLastMaxPool.apply(inputs, self.kernel_size)
             return pooled
         channels_last = inputs.contiguous(memory_format=torch.channels_last)
-        return F.max_pool2d(channels_last, self.kernel).contiguous()
+        return F.max_pool2d(channels_last, self.kernel_size).contiguous()
