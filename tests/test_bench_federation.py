@@ -117,6 +117,23 @@ def test_first_contact_ratio_compares_a_clients_first_round_with_its_later_ones(
     assert first_contact_ratio([first]) is None
 
 
+def labelled(report: ClientReport, labels: int) -> ClientReport:
+    """``report`` with ``labels`` new labels (its ledger rows)."""
+    return dataclasses.replace(report, new_labels=labels)
+
+
+def test_first_contact_ratio_leaves_out_later_rounds_that_labelled_nothing() -> None:
+    """A client whose pool ran out labels nothing and skips fit and scoring: such a
+    round is not a later round's cost for a first round that queried."""
+    first = [labelled(costed(0, 2.0, pid=1), 2), labelled(costed(1, 2.0, pid=1), 2)]
+    full = [labelled(costed(0, 2.0, pid=1), 2), labelled(costed(1, 1.0, pid=1), 1)]
+    empty = [costed(0, 0.5, pid=1), costed(1, 0.5, pid=1)]
+    assert first_contact_ratio([first, full, empty]) == pytest.approx(2.0 / 1.5)
+    assert first_contact_ratio([first, empty]) is None
+    # a federation that labels nothing at all compares all its rounds
+    assert first_contact_ratio([empty, [costed(0, 0.25, pid=1)]]) == pytest.approx(2.0)
+
+
 def test_a_row_recorded_before_costs_existed_reads_as_zero_cost() -> None:
     metrics = client_report(0, 10, 15).to_metrics(with_ledger=False)
     old = {key: value for key, value in metrics.items() if key not in ClientCost().to_metrics()}

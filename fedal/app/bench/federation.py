@@ -40,7 +40,8 @@ Derived figures (the README's "Federation bench" defines them the same way):
   every worker process's peak) / clients; ``state_mib_per_client``: the mean state a
   client keeps between rounds after the last round;
 - ``first_contact_ratio``: a client's mean handler seconds in its first round over its
-  mean in later rounds;
+  mean in later rounds, like for like (rounds that labelled against rounds that
+  labelled, when first rounds did);
 - ``throughput``: the images the clients pushed through training and scoring per wall
   second, against the helper model alone on the same device with large batches
   (:func:`model_throughput`): ``device_efficiency`` = (train images / alone training rate
@@ -333,18 +334,23 @@ def later_framework_share(rows: Sequence[dict[str, Any]], parallel: int) -> floa
 
 
 def first_contact_ratio(reports: Sequence[Sequence[ClientReport]]) -> float | None:
-    """Mean handler seconds of a client's first round over the mean of its later rounds
-    (``None`` without a later round)."""
+    """Mean handler seconds of a client's first round over the mean of its later rounds,
+    like for like: a round in which a client labels nothing (its pool used up) skips the
+    strategy's fit and scoring, so when first rounds labelled, only the rounds that
+    labelled count on either side (``None`` without a comparable later round)."""
     seen: set[int] = set()
-    first: list[float] = []
-    later: list[float] = []
+    first: list[ClientReport] = []
+    later: list[ClientReport] = []
     for round_reports in reports:
         for report in round_reports:
-            (later if report.client in seen else first).append(report.cost.handler_seconds)
+            (later if report.client in seen else first).append(report)
             seen.add(report.client)
-    if not first or not later:
+    labelled = any(report.new_labels > 0 for report in first)
+    first_seconds = [r.cost.handler_seconds for r in first if (r.new_labels > 0) == labelled]
+    later_seconds = [r.cost.handler_seconds for r in later if (r.new_labels > 0) == labelled]
+    if not first_seconds or not later_seconds:
         return None
-    return (sum(first) / len(first)) / (sum(later) / len(later))
+    return (sum(first_seconds) / len(first_seconds)) / (sum(later_seconds) / len(later_seconds))
 
 
 def _with_gpu(report: FederationReport, sampler: GpuSampler) -> FederationReport:
