@@ -56,6 +56,7 @@ import itertools
 import json
 import os
 import resource
+import statistics
 import tempfile
 import threading
 import time
@@ -346,11 +347,14 @@ def first_contact_ratio(reports: Sequence[Sequence[ClientReport]]) -> float | No
             (later if report.client in seen else first).append(report)
             seen.add(report.client)
     labelled = any(report.new_labels > 0 for report in first)
-    first_seconds = [r.cost.handler_seconds for r in first if (r.new_labels > 0) == labelled]
-    later_seconds = [r.cost.handler_seconds for r in later if (r.new_labels > 0) == labelled]
+
+    def comparable(rounds: list[ClientReport]) -> list[float]:
+        return [r.cost.handler_seconds for r in rounds if (r.new_labels > 0) == labelled]
+
+    first_seconds, later_seconds = comparable(first), comparable(later)
     if not first_seconds or not later_seconds:
         return None
-    return (sum(first_seconds) / len(first_seconds)) / (sum(later_seconds) / len(later_seconds))
+    return statistics.fmean(first_seconds) / statistics.fmean(later_seconds)
 
 
 def _with_gpu(report: FederationReport, sampler: GpuSampler) -> FederationReport:
