@@ -66,7 +66,9 @@ def processes_using(path: Path) -> list[int]:
 
 @contextmanager
 def started(commands: list[tuple[list[str], dict[str, str]]], logs: Path) -> Iterator[list[int]]:
-    """Start long-running (command, environment) pairs, logging under ``logs``; stop all on exit."""
+    """Start long-running (command, environment) pairs, logging under ``logs``; stop all on exit.
+    Nothing waits here: a SuperNode retries until its SuperLink listens, and fedal's
+    ServerApp waits for the nodes (``federation.connect_timeout``)."""
     logs.mkdir(parents=True, exist_ok=True)
     pids: list[int] = []
     try:
@@ -74,7 +76,6 @@ def started(commands: list[tuple[list[str], dict[str, str]]], logs: Path) -> Ite
             handle = (logs / f"process-{number}.log").open("w")
             process = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT)
             pids.append(process.pid)
-            time.sleep(2)
         yield pids
     finally:
         stop(pids)
