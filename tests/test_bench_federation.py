@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,3 +178,25 @@ def test_bench_federation_accounts_for_a_real_simulation(
     assert len(report["round_seconds"]) == 2
     assert report["gpu_utilisation_mean"] is None  # CPU: nothing sampled
     assert not list((tmp_path / "runs").glob("*"))  # the bench's run directory is temporary
+
+
+def test_the_compiler_stack_is_imported_by_the_first_training_handler_as_worker_start() -> None:
+    """A simulation's driver imports the ClientApp too and trains nothing: importing it
+    leaves ``torch._dynamo`` (about 1 s) out; ``WorkerStart.warm`` imports it once and
+    counts its seconds in the worker's start, handed to the first round only."""
+    probe = (
+        "import sys\n"
+        "import clients.app as client_app\n"
+        "assert 'torch._dynamo' not in sys.modules\n"
+        "start = client_app.WORKER_START\n"
+        "before = start.pending\n"
+        "start.warm()\n"
+        "assert 'torch._dynamo' in sys.modules and start.pending > before\n"
+        "assert start.take() > before\n"
+        "start.warm()\n"
+        "assert start.take() == 0.0\n"
+    )
+    finished = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
