@@ -92,7 +92,7 @@ class WorkerStart:
 
     def warm(self) -> None:
         """Import torch's compiler stack (``torch._dynamo``, about 1 s), which a process's
-        first optimiser step would import, once, before a training handler's clock starts:
+        first optimiser step would import, once, before a client round's clock starts:
         part of the worker's start, not of its first client's round. Not at this module's
         import, which the driver of a simulation pays too, and it trains nothing."""
         if self.warmed:
@@ -139,7 +139,6 @@ def client_id(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One round of this node's client, its state kept in ``context.state``."""
-    WORKER_START.warm()
     content = train_client(msg.content, context.node_config, context.state)
     return Message(content=content, reply_to=msg)
 
@@ -154,7 +153,6 @@ def train_pack(msg: Message, context: Context) -> Message:
     task = PackedTask.from_content(msg.content)
     config = RoundTask.from_content(task.content).config
     pack = partition_of(context.node_config, config.federation.packs)
-    WORKER_START.warm()
     replies = {}
     for client in task.clients:
         if pack_of(client, config.federation.packs) != pack:
@@ -192,6 +190,7 @@ def train_client(
     keeps its state in its checkpoint alone) and its checkpoint, and keeping the new
     state there: the reply's content (the report's :class:`~fedal.reports.ClientCost`
     completed here)."""
+    WORKER_START.warm()
     started = time.perf_counter()
     held = read_record(record) if record is not None else {}
     task = RoundTask.from_content(content)

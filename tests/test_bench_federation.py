@@ -180,17 +180,22 @@ def test_bench_federation_accounts_for_a_real_simulation(
     assert not list((tmp_path / "runs").glob("*"))  # the bench's run directory is temporary
 
 
-def test_the_compiler_stack_is_imported_by_the_first_training_handler_as_worker_start() -> None:
+def test_the_compiler_stack_is_imported_by_the_first_client_round_as_worker_start() -> None:
     """A simulation's driver imports the ClientApp too and trains nothing: importing it
-    leaves ``torch._dynamo`` (about 1 s) out; ``WorkerStart.warm`` imports it once and
-    counts its seconds in the worker's start, handed to the first round only."""
+    leaves ``torch._dynamo`` (about 1 s) out; a client round imports it first of all
+    (``WorkerStart.warm``, here before the empty task fails), once, counting its seconds
+    in the worker's start, which goes to the first round only."""
     probe = (
         "import sys\n"
+        "from flwr.app import RecordDict\n"
         "import clients.app as client_app\n"
         "assert 'torch._dynamo' not in sys.modules\n"
         "start = client_app.WORKER_START\n"
         "before = start.pending\n"
-        "start.warm()\n"
+        "try:\n"
+        "    client_app.train_client(RecordDict(), {}, None)\n"
+        "except KeyError as missing:\n"
+        "    assert str(missing) == repr('config'), missing\n"
         "assert 'torch._dynamo' in sys.modules and start.pending > before\n"
         "assert start.take() > before\n"
         "start.warm()\n"
