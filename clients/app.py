@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import resource
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -88,19 +89,17 @@ class WorkerStart:
 
     def __init__(self) -> None:
         self.pending = max(0.0, time.time() - psutil.Process().create_time())
-        self.warmed = False
 
     def warm(self) -> None:
         """Import torch's compiler stack (``torch._dynamo``, about 1 s), which a process's
         first optimiser step would import, once, before a client round's clock starts:
         part of the worker's start, not of its first client's round. Not at this module's
         import, which the driver of a simulation pays too, and it trains nothing."""
-        if self.warmed:
+        if "torch._dynamo" in sys.modules:
             return
         importing = time.perf_counter()
         importlib.import_module("torch._dynamo")
         self.pending += time.perf_counter() - importing
-        self.warmed = True
 
     def take(self) -> float:
         seconds, self.pending = self.pending, 0.0
